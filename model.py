@@ -1,0 +1,582 @@
+"""
+The phi-1 decoder, its tokenizer, and generation, in one file.
+
+Implements the model of "Textbooks Are All You Need" (Gunasekar et al., 2023), §2.3: a decoder-only transformer
+with parallel attention + MLP blocks (as in CodeGen / GPT-J), one LayerNorm per block, rotary position embeddings
+on the first 32 dims of each 64-dim head, gelu (tanh) MLPs, biases on every Linear, and an untied LM head.
+phi-1 is 24 layers x 2048 wide (1.418 B parameters with the 51200-token vocabulary); phi-1-small is 20 x 1024 (357 M).
+The tokenizer is CodeGen's: GPT-2's byte-level BPE plus 38 tokens for runs of spaces and tabs.
+
+Read top to bottom:
+  1. the tokenizer (GPT-2 BPE through tiktoken, whitespace runs cut out first)
+  2. PhiConfig and its presets
+  3. the modules: rotary embedding, attention, MLP, block, Phi
+  4. generation with a static KV cache
+  5. loading / saving the Hugging Face PhiForCausalLM format (how the official microsoft/phi-1 weights ship)
+
+Run a demo (forward pass + sample from an untrained tiny model):  python model.py
+"""
+
+import base64
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import re
+import warnings
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+
+import tiktoken
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# 1. The tokenizer
+#
+# phi-1 uses the codegen-350M-mono tokenizer: GPT-2's BPE (ids 0..50256) plus 38 added tokens for whitespace runs,
+# which make indented Python about a third shorter. Hugging Face matches added tokens *before* BPE, leftmost-longest,
+# and BPE-encodes the pieces between them on their own, so "    return" is [4-space token, "return"] and not GPT-2's
+# [3 spaces, " return"]. tiktoken's own special-token matching is not longest-first, so we cut the runs ourselves.
+
+GPT2_RANKS_FILE = Path(__file__).resolve().parent / "assets" / "gpt2.tiktoken"  # OpenAI's r50k_base ranks
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+EOT = 50256  # <|endoftext|>, separates files in the training stream
+# CodeGen adds them as ' ' * n for n in reversed(range(2, 32)), then '\t' * n for n in reversed(range(2, 10))
+WHITESPACE_TOKENS = [" " * n for n in range(31, 1, -1)] + ["\t" * n for n in range(9, 1, -1)]  # ids 50257..50294
+# the regex engine is leftmost-first and greedy, which on runs of one character is exactly leftmost-longest
+WHITESPACE_RUN = re.compile(r" {2,31}|\t{2,9}")
+
+
+class Tokenizer:
+    def __init__(self, ranks_file=GPT2_RANKS_FILE):
+        try:
+            data = Path(ranks_file).read_bytes()
+        except OSError as e:
+            raise FileNotFoundError(f"GPT-2 rank file not found at {ranks_file} ({e.strerror}); it ships with the "
+                                    "repository in assets/") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != GPT2_RANKS_SHA256:
+            raise ValueError(f"GPT-2 rank file {ranks_file} has sha256 {digest}, expected {GPT2_RANKS_SHA256}")
+        ranks = {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in data.splitlines() if line)}
+        self.bpe = tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                     special_tokens={"<|endoftext|>": EOT})
+        self.eot = EOT
+        self.whitespace_id = {ws: EOT + 1 + i for i, ws in enumerate(WHITESPACE_TOKENS)}
+        self.id_bytes = {i: ws.encode() for ws, i in self.whitespace_id.items()}
+        self.n_vocab = EOT + 1 + len(WHITESPACE_TOKENS)  # 50295
+
+    def encode(self, text, allow_eot=False):
+        # '<|endoftext|>' typed by a user is plain text; only the data pipeline may ask for the real separator
+        bpe = (lambda s: self.bpe.encode(s, allowed_special={"<|endoftext|>"})) if allow_eot else self.bpe.encode_ordinary
+        ids, start = [], 0
+        for run in WHITESPACE_RUN.finditer(text):
+            if run.start() > start:
+                ids.extend(bpe(text[start:run.start()]))
+            ids.append(self.whitespace_id[run.group()])
+            start = run.end()
+        if start < len(text):
+            ids.extend(bpe(text[start:]))
+        return ids
+
+    def decode(self, ids):
+        out, plain = [], []  # plain: a run of ordinary BPE ids, decoded by tiktoken in one call
+        for i in ids:
+            i = int(i)
+            if i in self.id_bytes:
+                out.append(self.bpe.decode_bytes(plain))
+                out.append(self.id_bytes[i])
+                plain = []
+            elif 0 <= i <= EOT:
+                plain.append(i)
+            else:
+                raise ValueError(f"token id {i} is outside the tokenizer's {self.n_vocab} ids")
+        out.append(self.bpe.decode_bytes(plain))
+        return b"".join(out).decode("utf-8", errors="replace")
+
+    def encode_batch(self, texts, num_workers=None, allow_eot=False):
+        """Encode many documents with several processes; order is kept. Small batches stay in this process."""
+        texts = list(texts)
+        num_workers = num_workers or os.cpu_count() or 1
+        if num_workers == 1 or sum(map(len, texts)) < 1_000_000:
+            return [self.encode(t, allow_eot) for t in texts]
+        # fork: the workers inherit this tokenizer instead of re-reading the rank file
+        with multiprocessing.get_context("fork").Pool(num_workers) as pool:
+            return pool.starmap(_encode_one, ((t, allow_eot) for t in texts), chunksize=64)
+
+
+def _encode_one(text, allow_eot):
+    return get_tokenizer().encode(text, allow_eot)
+
+
+@lru_cache(maxsize=None)
+def get_tokenizer():
+    return Tokenizer()
+
+# -----------------------------------------------------------------------------
+# 2. Configuration
+
+
+@dataclass
+class PhiConfig:
+    block_size: int = 2048       # context length (max_position_embeddings)
+    vocab_size: int = 51200      # 50295 tokens padded to a multiple of 64 for the matmuls
+    n_layer: int = 24
+    n_head: int = 32
+    n_embd: int = 2048
+    n_inner: int = 8192          # MLP hidden size, 4 x n_embd
+    rotary_dim: int = 32         # rotary on the first 32 of each head's 64 dims (partial_rotary_factor 0.5)
+    rope_theta: float = 10000.0
+    layer_norm_eps: float = 1e-5
+    embd_pdrop: float = 0.0      # the paper names only attention and residual dropout, so none on embeddings
+    attn_pdrop: float = 0.1      # §2.3: attention and residual dropout 0.1 in training
+    resid_pdrop: float = 0.1
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+        head_dim = self.n_embd // self.n_head
+        if self.rotary_dim % 2 or not 0 < self.rotary_dim <= head_dim:
+            raise ValueError(f"rotary_dim {self.rotary_dim} must be even and in 1..head_dim ({head_dim})")
+
+
+PRESETS = {
+    "phi-1":       dict(n_layer=24, n_head=32, n_embd=2048, n_inner=8192),
+    "phi-1-small": dict(n_layer=20, n_head=16, n_embd=1024, n_inner=4096),
+    # CPU presets; no dropout, since their short runs underfit rather than overfit
+    "tiny": dict(n_layer=4, n_head=8, n_embd=256, n_inner=1024, rotary_dim=16, block_size=256,
+                 attn_pdrop=0.0, resid_pdrop=0.0),
+    "nano": dict(n_layer=2, n_head=4, n_embd=64, n_inner=256, rotary_dim=8, block_size=128,
+                 attn_pdrop=0.0, resid_pdrop=0.0),
+}
+
+# -----------------------------------------------------------------------------
+# 3. The model
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for rotary embeddings on the first rotary_dim dims of each head (half-split convention)."""
+
+    def __init__(self, config):
+        super().__init__()
+        inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, config.rotary_dim, 2).float() / config.rotary_dim)
+        freqs = torch.outer(torch.arange(config.block_size).float(), inv_freq)  # (block_size, rotary_dim/2)
+        angles = torch.cat([freqs, freqs], dim=-1)                              # (block_size, rotary_dim)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, pos):
+        # pos: (T,) shared by the batch, or (B, T) when rows are shifted by left padding
+        cos, sin = self.cos[pos], self.sin[pos]  # (T, R) or (B, T, R)
+        if pos.dim() == 1:
+            return cos[None, None], sin[None, None]  # (1, 1, T, R)
+        return cos[:, None], sin[:, None]            # (B, 1, T, R)
+
+
+def apply_rotary(x, cos, sin):
+    # x: (B, H, T, D). Dim i of the rotated part pairs with dim i + R/2 ("rotate_half", as GPT-NeoX and HF Phi),
+    # not with its neighbour; the remaining D - R dims carry no position.
+    r = cos.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    x1, x2 = x_rot.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    x_rot = x_rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return torch.cat([x_rot, x_pass], dim=-1)  # (B, H, T, D)
+
+
+def attention_reference(q, k, v, mask):
+    """The math, for reading and testing: softmax(q k^T / sqrt(D), masked) v, softmax in fp32. mask: True = attend."""
+    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)  # (B, H, Tq, D)
+
+
+def document_mask(doc_ids):
+    """(B, T) document ids -> (B, 1, T, T) boolean mask: causal, and only within one's own document."""
+    T = doc_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return causal & (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]
+
+
+_warned_fallback = False
+
+
+def attention(q, k, v, dropout_p=0.0, doc_ids=None, mask=None):
+    """Causal self-attention over (B, H, T, D) tensors; the one place the model computes attention.
+
+    On CUDA it runs our Triton FlashAttention (attention_kernel.py), the way phi-1 was trained; elsewhere PyTorch's
+    SDPA, which computes the same function as attention_reference. `mask` (True = attend) replaces the causal mask;
+    generation uses it for padded, cached batches, which always take the SDPA path.
+    """
+    global _warned_fallback
+    if q.is_cuda and mask is None:
+        from attention_kernel import flash_attention, flash_attention_supported
+        if flash_attention_supported(q, k, v):
+            return flash_attention(q, k, v, causal=True, doc_ids=doc_ids, dropout_p=dropout_p)
+        if not _warned_fallback:
+            warnings.warn(f"Triton FlashAttention does not support q {tuple(q.shape)} {q.dtype}; using PyTorch SDPA")
+            _warned_fallback = True
+    if doc_ids is not None:
+        mask = document_mask(doc_ids)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None)
+
+
+class KVCache:
+    """Keys and values of one layer for generation, preallocated so every decoding step has the same shapes."""
+
+    def __init__(self, batch, n_head, length, head_dim, device, dtype):
+        self.k = torch.zeros(batch, n_head, length, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+
+    def update(self, cols, k, v):
+        # cols: (T,) cache columns for the new keys/values (B, H, T, D); returns the whole cache
+        self.k.index_copy_(2, cols, k)
+        self.v.index_copy_(2, cols, v)
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.n_embd // config.n_head
+        # q, k and v in one matmul; the HF checkpoint's separate q_proj/k_proj/v_proj are concatenated on load
+        self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.dense = nn.Linear(config.n_embd, config.n_embd)
+        self.attn_pdrop = config.attn_pdrop
+
+    def forward(self, x, cos, sin, doc_ids=None, cache=None, cols=None, mask=None):
+        B, T, C = x.shape
+        qkv = self.qkv_proj(x).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, H, D)
+        q, k, v = qkv.unbind(dim=2)                                        # each (B, T, H, D)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # each (B, H, T, D), views
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(cols, k, v)  # (B, H, T_cache, D)
+        y = attention(q, k, v, self.attn_pdrop if self.training else 0.0, doc_ids, mask)  # (B, H, T, D)
+        return self.dense(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.n_embd, config.n_inner)
+        self.fc2 = nn.Linear(config.n_inner, config.n_embd)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # gelu_new is the tanh approximation
+
+
+class Block(nn.Module):
+    """x + Attn(LN(x)) + MLP(LN(x)): one LayerNorm, both branches read it in parallel (CodeGen / GPT-J style)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x, cos, sin, doc_ids=None, cache=None, cols=None, mask=None):
+        h = self.input_layernorm(x)
+        attn = self.self_attn(h, cos, sin, doc_ids, cache, cols, mask)
+        return x + self.resid_dropout(attn) + self.resid_dropout(self.mlp(h))
+
+
+class Phi(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
+        self.embed_dropout = nn.Dropout(config.embd_pdrop)
+        self.rotary = Rotary(config)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.final_layernorm = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)  # untied from embed_tokens, with a bias
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        # normal(0, 0.02) for every matrix, zero biases (HF Phi's initializer_range; the paper is silent)
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+
+    def get_num_params(self, non_embedding=False):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed_tokens.weight.numel() if non_embedding else n
+
+    def hidden_states(self, idx, doc_ids=None, pos=None, caches=None, cols=None, mask=None):
+        """Final-LayerNorm outputs (B, T, C): what the LM head reads, and the embedding filter.py pools."""
+        T = idx.shape[1]
+        if pos is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
+            pos = torch.arange(T, device=idx.device)
+        cos, sin = self.rotary(pos)
+        x = self.embed_dropout(self.embed_tokens(idx))  # (B, T, C)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, doc_ids, caches[i] if caches else None, cols, mask)
+        return self.final_layernorm(x)
+
+    def forward(self, idx, targets=None, doc_ids=None):
+        # idx, targets: (B, T) token ids, targets == -1 ignored; doc_ids: (B, T) or None
+        logits = self.lm_head(self.hidden_states(idx, doc_ids))  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # decay matrices and embeddings, not biases and LayerNorm gains (GPT-2 / nanoGPT practice; paper silent)
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+
+    def flops_per_token(self, seq_len=None):
+        # 6 FLOPs per weight per token (forward + backward) for every matmul weight (the embedding lookup is no
+        # matmul), plus attention scores and weighted sum: 12 * layers * width * T, halved because it is causal
+        T = seq_len or self.config.block_size
+        c = self.config
+        return 6 * self.get_num_params(non_embedding=True) + 6 * c.n_layer * c.n_embd * T
+
+    def estimate_mfu(self, tokens_per_s, device_name=None):
+        """Model FLOPs utilisation: achieved training FLOP/s over the GPU's dense bf16 peak; None where unknown."""
+        if device_name is None:
+            device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        peak = next((flops for name, flops in PEAK_BF16_FLOPS if name in device_name), None)
+        return None if peak is None else tokens_per_s * self.flops_per_token() / peak
+
+    # -------------------------------------------------------------------------
+    # 4. Generation
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens=128, temperature=0.0, top_k=None, top_p=None, stop=None,
+                 eos_token_id=EOT, seed=None, tokenizer=None):
+        """Continue each prompt (a list of token ids); returns the new tokens of each, without the eos token and
+        cut before the first stop string (those rows are re-encoded from the cut text, so decoding gives exactly
+        the text before the stop). temperature 0 is greedy. Prompts of different lengths are left-padded.
+        """
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
+        tok = (tokenizer or get_tokenizer()) if stop else tokenizer
+        device, B = self.lm_head.weight.device, len(prompts)
+        L = max(len(p) for p in prompts)
+        total = L + max_new_tokens
+        if total > self.config.block_size:
+            raise ValueError(f"longest prompt ({L}) + max_new_tokens ({max_new_tokens}) exceeds block_size "
+                             f"{self.config.block_size}")
+        pad = torch.tensor([L - len(p) for p in prompts], device=device)                       # (B,)
+        idx = torch.tensor([[0] * (L - len(p)) + list(p) for p in prompts], device=device)     # (B, L)
+        cols = torch.arange(total, device=device)
+        key_ok = cols[None, :] >= pad[:, None]                                                 # (B, total)
+        caches = [KVCache(B, self.config.n_head, total, self.config.n_embd // self.config.n_head, device,
+                          self.lm_head.weight.dtype) for _ in self.layers]
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed if seed is not None else torch.seed())
+
+        # prefill: all prompt positions at once; a padded query may see only itself so that its softmax has a term
+        causal = cols[None, :L, None] >= cols[None, None, :]                                   # (1, L, total)
+        mask = (causal & key_ok[:, None, :]) | (cols[None, :L, None] == cols[None, None, :])    # (B, L, total)
+        pos = (cols[None, :L] - pad[:, None]).clamp(min=0)                                     # (B, L)
+        h = self.hidden_states(idx, pos=pos, caches=caches, cols=cols[:L], mask=mask[:, None])
+        logits = self.lm_head(h[:, -1])                                                        # (B, vocab)
+
+        out = [[] for _ in range(B)]
+        done = [False] * B
+        for step in range(max_new_tokens):
+            next_tok = sample_next_token(logits, temperature, top_k, top_p, gen)               # (B,)
+            for b, t in enumerate(next_tok.tolist()):
+                if done[b]:
+                    continue
+                if t == eos_token_id:
+                    done[b] = True
+                    continue
+                out[b].append(t)
+                if stop and _hits_stop(tok, out[b], stop):
+                    done[b] = True
+            if all(done) or step == max_new_tokens - 1:
+                break
+            # one decoding step at cache column L + step; every step has the same shapes (CUDA-graph friendly)
+            col = cols[L + step:L + step + 1]                                                  # (1,)
+            mask = key_ok & (cols[None, :] <= col)                                             # (B, total)
+            h = self.hidden_states(next_tok[:, None], pos=col - pad[:, None], caches=caches, cols=col,
+                                   mask=mask[:, None, None])
+            logits = self.lm_head(h[:, -1])
+        if stop:
+            out = [_cut_at_stop(tok, ids, stop) for ids in out]
+        return out
+
+    # -------------------------------------------------------------------------
+    # 5. The Hugging Face PhiForCausalLM format
+
+    @classmethod
+    def from_pretrained(cls, directory):
+        """Load a Hugging Face PhiForCausalLM checkpoint directory (config.json + safetensors or pytorch_model.bin)."""
+        directory = Path(directory)
+        config = config_from_hf(json.loads((directory / "config.json").read_text()))
+        model = cls(config)
+        model.load_state_dict(state_dict_from_hf(read_hf_weights(directory)))
+        return model
+
+    def save_pretrained(self, directory):
+        """Write config.json + model.safetensors that transformers' PhiForCausalLM.from_pretrained reads."""
+        from safetensors.torch import save_file
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(config_to_hf(self.config, self.lm_head.weight.dtype), indent=2))
+        tensors = {k: v.contiguous() for k, v in state_dict_to_hf(self.state_dict(), self.config).items()}
+        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+# dense bf16 peak FLOP/s of common GPUs (vendor datasheets); the first name found in the device name wins
+PEAK_BF16_FLOPS = [
+    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("GH200", 989e12),
+    ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("A10G", 70e12), ("A10", 125e12),
+    ("L4", 121e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12),
+]
+
+
+def sample_next_token(logits, temperature, top_k, top_p, generator):
+    """(B, vocab) logits -> (B,) token ids: greedy at temperature 0, else sampled after top-k / top-p filtering."""
+    logits = logits.float()
+    logits[:, get_tokenizer().n_vocab:] = float("-inf")  # the padding ids 50295..51199 are no tokens
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass; the first always stays
+        drop = probs.cumsum(dim=-1) - probs > top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def _hits_stop(tok, ids, stop):
+    # a stop string of n characters lies within the last n + 1 tokens, so only the tail needs decoding
+    tail = tok.decode(ids[-(max(map(len, stop)) + 1):])
+    return any(s in tail for s in stop)
+
+
+def _cut_at_stop(tok, ids, stop):
+    text = tok.decode(ids)
+    cut = min((text.find(s) for s in stop if s in text), default=-1)
+    return ids if cut < 0 else tok.encode(text[:cut])
+
+
+def config_from_hf(hf):
+    """Hugging Face PhiConfig dict -> PhiConfig; refuses variants this model does not implement."""
+    rope = hf.get("rope_parameters") or {}  # transformers 5 nests rope settings here; older files keep them on top
+    factor = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5))
+    unsupported = {"hidden_act": hf.get("hidden_act", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"),
+                   "qk_layernorm": hf.get("qk_layernorm", False),
+                   "tie_word_embeddings": hf.get("tie_word_embeddings", False),
+                   "num_key_value_heads": hf.get("num_key_value_heads") not in (None, hf["num_attention_heads"]),
+                   "rope_type": rope.get("rope_type", "default") != "default"}
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise ValueError(f"unsupported Phi variant: {', '.join(f'{k}={hf.get(k, rope.get(k))!r}' for k in bad)}")
+    head_dim = hf["hidden_size"] // hf["num_attention_heads"]
+    return PhiConfig(block_size=hf.get("max_position_embeddings", 2048), vocab_size=hf["vocab_size"],
+                     n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"],
+                     n_inner=hf["intermediate_size"], rotary_dim=int(head_dim * factor),
+                     rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+                     layer_norm_eps=hf.get("layer_norm_eps", 1e-5), embd_pdrop=hf.get("embd_pdrop", 0.0),
+                     attn_pdrop=hf.get("attention_dropout", 0.0), resid_pdrop=hf.get("resid_pdrop", 0.0))
+
+
+def config_to_hf(c, dtype=torch.float32):
+    return {"architectures": ["PhiForCausalLM"], "model_type": "phi", "vocab_size": c.vocab_size,
+            "hidden_size": c.n_embd, "intermediate_size": c.n_inner, "num_hidden_layers": c.n_layer,
+            "num_attention_heads": c.n_head, "num_key_value_heads": c.n_head,
+            "max_position_embeddings": c.block_size, "hidden_act": "gelu_new", "layer_norm_eps": c.layer_norm_eps,
+            "partial_rotary_factor": c.rotary_dim / (c.n_embd // c.n_head), "rope_theta": c.rope_theta,
+            "resid_pdrop": c.resid_pdrop, "embd_pdrop": c.embd_pdrop, "attention_dropout": c.attn_pdrop,
+            "initializer_range": 0.02, "tie_word_embeddings": False, "qk_layernorm": False,
+            "bos_token_id": None, "eos_token_id": EOT, "torch_dtype": str(dtype).removeprefix("torch.")}
+
+
+def read_hf_weights(directory):
+    directory = Path(directory)
+    if (directory / "model.safetensors").exists():
+        from safetensors.torch import load_file
+        return load_file(str(directory / "model.safetensors"))
+    if (directory / "model.safetensors.index.json").exists():  # sharded checkpoints
+        from safetensors.torch import load_file
+        shards = set(json.loads((directory / "model.safetensors.index.json").read_text())["weight_map"].values())
+        return {k: v for shard in sorted(shards) for k, v in load_file(str(directory / shard)).items()}
+    if (directory / "pytorch_model.bin").exists():
+        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {directory}")
+
+
+def state_dict_from_hf(hf):
+    """HF key names -> ours: drop the 'model.' prefix and fuse q_proj/k_proj/v_proj into qkv_proj."""
+    sd = {}
+    for key, value in hf.items():
+        key = key.removeprefix("model.")
+        if ".self_attn.q_proj." in key:
+            kind = key.rsplit(".", 1)[1]  # weight or bias
+            prefix = key.split(".self_attn.")[0] + ".self_attn."
+            sd[prefix + "qkv_proj." + kind] = torch.cat([hf["model." + prefix + p + "_proj." + kind] for p in "qkv"])
+        elif ".self_attn.k_proj." not in key and ".self_attn.v_proj." not in key:
+            sd[key] = value
+    return sd
+
+
+def state_dict_to_hf(sd, config):
+    hf = {}
+    for key, value in sd.items():
+        if ".qkv_proj." in key:
+            for name, part in zip("qkv", value.split(config.n_embd)):
+                hf["model." + key.replace("qkv_proj", name + "_proj")] = part
+        else:
+            hf[key if key.startswith("lm_head.") else "model." + key] = value
+    return hf
+
+
+def load_model(path, device="cpu"):
+    """A model ready for inference from a train.py checkpoint file, an out_dir holding ckpt.pt, or a HF directory."""
+    path = Path(path)
+    if (path / "config.json").exists():
+        model = Phi.from_pretrained(path)
+    else:
+        ckpt_file = path / "ckpt.pt" if path.is_dir() else path
+        if not ckpt_file.exists():
+            raise FileNotFoundError(f"{path} is neither a train.py checkpoint, an out_dir with ckpt.pt, "
+                                    "nor a Hugging Face directory with config.json")
+        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+        model = Phi(PhiConfig(**{f.name: ckpt["model_args"][f.name] for f in fields(PhiConfig)}))
+        model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+# -----------------------------------------------------------------------------
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    tok = get_tokenizer()
+    model = Phi(PhiConfig.from_preset("tiny")).eval()
+    print(f"tiny phi: {model.get_num_params() / 1e6:.1f} M parameters (untrained)")
+    prompt = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
+    ids = tok.encode(prompt)
+    logits, _ = model(torch.tensor([ids]))
+    print(f"prompt: {len(prompt)} characters -> {len(ids)} tokens; logits {tuple(logits.shape)}")
+    new = model.generate([ids], max_new_tokens=32, temperature=0.8, top_k=50, seed=0)[0]
+    print("sample from the untrained model (noise until train.py has trained it):")
+    print(prompt + tok.decode(new))

@@ -1,0 +1,268 @@
+"""Tests for model.py: the CodeGen tokenizer, parameter counts, equivalence with Hugging Face's PhiForCausalLM,
+and generation with the KV cache."""
+import shutil
+
+import pytest
+import torch
+
+from model import (EOT, Phi, PhiConfig, Tokenizer, attention, attention_reference, document_mask, get_tokenizer,
+                   load_model, sample_next_token)
+
+# ---------------------------------------------------------------------------- tokenizer
+
+VECTORS = [
+    ("def f(x):\n        return x", [4299, 277, 7, 87, 2599, 198, 50280, 7783, 2124]),
+    ("a" + " " * 40 + "b", [64, 50257, 50279, 65]),
+    ("a" + " " * 32 + "b", [64, 50257, 275]),
+    ("\t\tx", [50294, 87]),
+    ("x = 1  # two spaces", [87, 796, 352, 50286, 2, 734, 9029]),
+]
+
+
+@pytest.mark.parametrize("text,ids", VECTORS)
+def test_tokenizer_vectors(text, ids):
+    tok = get_tokenizer()
+    assert tok.encode(text) == ids
+    assert tok.decode(ids) == text
+
+
+def test_whitespace_tokens_are_codegens_ids():
+    tok = get_tokenizer()
+    assert tok.encode(" " * 31) == [50257] and tok.encode("  ") == [50286]
+    assert tok.encode("\t" * 9) == [50287] and tok.encode("\t\t") == [50294]
+    assert tok.n_vocab == 50295
+    # 8 spaces are one token, not four 2-space tokens as tiktoken's own special-token matching would give
+    assert tok.encode(" " * 8) == [50280]
+
+
+@pytest.mark.parametrize("text", ["", "plain", "tabs\t\t\tand\tspaces   x", "crlf\r\nline\r\n", "ünïcødé ✓ 日本語 🐍",
+                                  " " * 100 + "\t" * 20 + "\n" * 5, "x" * 3 + "    " * 9 + "\t \t  \t"])
+def test_round_trip(text):
+    tok = get_tokenizer()
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_endoftext_is_plain_text_unless_allowed():
+    tok = get_tokenizer()
+    text = "a<|endoftext|>b"
+    assert EOT not in tok.encode(text)
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.encode(text, allow_eot=True) == tok.encode("a") + [EOT] + tok.encode("b")
+
+
+def test_encode_batch_matches_encode_with_processes():
+    tok = get_tokenizer()
+    texts = [f"def f{i}(x):\n    return x * {i}  # {'y' * i}\n" * 400 for i in range(60)]  # > 1 MB: uses the pool
+    assert sum(map(len, texts)) > 1_000_000
+    assert tok.encode_batch(texts, num_workers=2) == [tok.encode(t) for t in texts]
+
+
+def test_rank_file_checked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="rank file not found"):
+        Tokenizer(tmp_path / "missing.tiktoken")
+    bad = tmp_path / "gpt2.tiktoken"
+    bad.write_bytes(b"IQ== 0\n")
+    with pytest.raises(ValueError, match="sha256"):
+        Tokenizer(bad)
+
+# ---------------------------------------------------------------------------- shapes and counts
+
+
+def test_parameter_counts():
+    with torch.device("meta"):
+        phi1 = Phi(PhiConfig.from_preset("phi-1"))
+        small = Phi(PhiConfig.from_preset("phi-1-small"))
+    assert abs(phi1.get_num_params() - 1.418e9) < 0.001e9
+    assert abs(small.get_num_params() - 357e6) < 1e6
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model preset"):
+        PhiConfig.from_preset("phi-2")
+    with pytest.raises(ValueError, match="rotary_dim"):
+        PhiConfig.from_preset("nano", rotary_dim=32)
+
+
+def test_forward_loss_and_ignore_index():
+    torch.manual_seed(0)
+    model = Phi(PhiConfig.from_preset("nano")).eval()
+    idx = torch.randint(0, 50000, (2, 16))
+    logits, loss = model(idx)
+    assert logits.shape == (2, 16, 51200) and loss is None
+    targets = torch.randint(0, 50000, (2, 16))
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - torch.log(torch.tensor(51200.0)).item()) < 0.5  # near uniform at init
+    partial = targets.clone()
+    partial[:, :8] = -1
+    _, loss_half = model(idx, partial)
+    expected = torch.nn.functional.cross_entropy(logits[:, 8:].reshape(-1, 51200), targets[:, 8:].reshape(-1))
+    assert torch.allclose(loss_half, expected, atol=1e-5)
+
+
+def test_sdpa_path_matches_math_reference_with_document_masks():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 16) for _ in range(3))
+    doc_ids = torch.tensor([[0] * 4 + [1] * 6, [0] * 10])
+    causal = torch.ones(10, 10, dtype=torch.bool).tril()
+    assert torch.allclose(attention(q, k, v), attention_reference(q, k, v, causal), atol=1e-5)
+    masked = attention(q, k, v, doc_ids=doc_ids)
+    assert torch.allclose(masked, attention_reference(q, k, v, document_mask(doc_ids)), atol=1e-5)
+    # the second document of row 0 does not see the first: same output as attending to it alone
+    alone = attention(q[:1, :, 4:], k[:1, :, 4:], v[:1, :, 4:])
+    assert torch.allclose(masked[:1, :, 4:], alone, atol=1e-5)
+
+
+def test_mfu_uses_the_gpu_table():
+    model = Phi(PhiConfig.from_preset("nano"))
+    assert model.estimate_mfu(1000.0, "cpu") is None
+    a100, h100 = model.estimate_mfu(1000.0, "NVIDIA A100-SXM4-80GB"), model.estimate_mfu(1000.0, "NVIDIA H100 80GB HBM3")
+    assert a100 == pytest.approx(1000.0 * model.flops_per_token() / 312e12)
+    assert a100 / h100 == pytest.approx(989 / 312)
+
+# ---------------------------------------------------------------------------- Hugging Face format
+
+
+def _hf_tiny():
+    from transformers import PhiConfig as HFPhiConfig, PhiForCausalLM
+    torch.manual_seed(0)
+    cfg = HFPhiConfig(vocab_size=51200, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=128, partial_rotary_factor=0.5,
+                      resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
+    model = PhiForCausalLM(cfg).eval()
+    with torch.no_grad():  # HF initialises biases and LayerNorms to constants; randomise them so they are tested
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "layernorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def test_hf_checkpoint_loads_with_same_logits(tmp_path):
+    hf = _hf_tiny()
+    hf.save_pretrained(tmp_path)
+    ours = Phi.from_pretrained(tmp_path).eval()
+    assert ours.config.rotary_dim == 8
+    idx = torch.randint(0, 50295, (2, 33))
+    with torch.no_grad():
+        ref = hf(idx).logits
+        got, _ = ours(idx)
+    assert (got - ref).abs().max().item() < 1e-4
+
+
+def test_our_save_loads_into_transformers(tmp_path):
+    from transformers import PhiForCausalLM
+    torch.manual_seed(1)
+    ours = Phi(PhiConfig.from_preset("nano")).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    ours.save_pretrained(tmp_path)
+    hf = PhiForCausalLM.from_pretrained(tmp_path).eval()
+    idx = torch.randint(0, 50295, (2, 40))
+    with torch.no_grad():
+        assert (hf(idx).logits - ours(idx)[0]).abs().max().item() < 1e-4
+    # and back through our own loader, from the directory and via load_model
+    assert torch.equal(load_model(tmp_path)(idx)[0], ours(idx)[0])
+
+
+def test_pytorch_model_bin_and_missing_weights(tmp_path):
+    from safetensors.torch import load_file
+    hf = _hf_tiny()
+    hf.save_pretrained(tmp_path)  # current transformers writes only safetensors: convert to the older format
+    torch.save(load_file(str(tmp_path / "model.safetensors")), tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink()
+    idx = torch.randint(0, 50295, (1, 9))
+    with torch.no_grad():
+        assert (Phi.from_pretrained(tmp_path)(idx)[0] - hf(idx).logits).abs().max().item() < 1e-4
+    (tmp_path / "pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        Phi.from_pretrained(tmp_path)
+
+
+def test_load_model_from_train_checkpoint(tmp_path):
+    from dataclasses import asdict
+    model = Phi(PhiConfig.from_preset("nano"))
+    torch.save({"model": model.state_dict(), "model_args": asdict(model.config), "step": 3}, tmp_path / "ckpt.pt")
+    idx = torch.randint(0, 50295, (1, 7))
+    assert torch.equal(load_model(tmp_path)(idx)[0], model.eval()(idx)[0])
+    shutil.rmtree(tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither a train.py checkpoint"):
+        load_model(tmp_path)
+
+# ---------------------------------------------------------------------------- generation
+
+
+def _trained_ish_model():
+    # random weights give near-uniform logits; scale up the head so greedy choices are well separated from ties
+    torch.manual_seed(0)
+    model = Phi(PhiConfig.from_preset("nano")).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)
+    return model
+
+
+def _greedy_without_cache(model, ids, n):
+    ids = list(ids)
+    for _ in range(n):
+        logits, _ = model(torch.tensor([ids]))
+        ids.append(sample_next_token(logits[:, -1], 0.0, None, None, None).item())
+    return ids[-n:]
+
+
+def test_cached_greedy_equals_recomputing_every_step():
+    model = _trained_ish_model()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [100, 200], [3000, 3001, 3002, 3003]]
+    out = model.generate(prompts, max_new_tokens=20, eos_token_id=None)
+    for p, o in zip(prompts, out):
+        assert o == _greedy_without_cache(model, p, 20)
+
+
+def test_batched_generation_equals_one_by_one():
+    model = _trained_ish_model()
+    prompts = [[11, 12, 13, 14, 15, 16, 17, 18, 19], [42], [7, 8, 9]]
+    batched = model.generate(prompts, max_new_tokens=12, eos_token_id=None)
+    for p, o in zip(prompts, batched):
+        assert model.generate([p], max_new_tokens=12, eos_token_id=None)[0] == o
+
+
+def test_sampling_is_seeded_and_respects_top_k():
+    model = _trained_ish_model()
+    a = model.generate([[1, 2, 3]] * 4, max_new_tokens=10, temperature=1.0, top_k=5, seed=123, eos_token_id=None)
+    b = model.generate([[1, 2, 3]] * 4, max_new_tokens=10, temperature=1.0, top_k=5, seed=123, eos_token_id=None)
+    c = model.generate([[1, 2, 3]] * 4, max_new_tokens=10, temperature=1.0, top_k=5, seed=7, eos_token_id=None)
+    assert a == b and a != c
+    logits = torch.randn(3, 51200)
+    allowed = logits.topk(5, dim=-1).indices
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        t = sample_next_token(logits, 1.0, 5, None, gen)
+        assert all(t[i] in allowed[i] for i in range(3))
+
+
+def test_top_p_keeps_the_smallest_set_with_that_mass():
+    logits = torch.full((1, 51200), -1e9)
+    logits[0, :4] = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    gen = torch.Generator().manual_seed(0)
+    seen = {sample_next_token(logits.clone(), 1.0, None, 0.7, gen).item() for _ in range(50)}
+    assert seen == {0, 1}  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7
+    assert sample_next_token(logits.clone(), 0.0, None, None, None).item() == 0
+
+
+def test_stop_strings_and_eos_end_a_row():
+    model = _trained_ish_model()
+    tok = get_tokenizer()
+    free = model.generate([[1, 2, 3]], max_new_tokens=30, eos_token_id=None)[0]
+    text = tok.decode(free)
+    stop = text[8:11]  # a stop string that greedy decoding is known to produce
+    cut = model.generate([[1, 2, 3]], max_new_tokens=30, stop=[stop], eos_token_id=None)[0]
+    assert tok.decode(cut) == text[:text.find(stop)]
+    eos = free[5]
+    ended = model.generate([[1, 2, 3]], max_new_tokens=30, eos_token_id=eos)[0]
+    assert ended == free[:free.index(eos)]
+
+
+def test_generate_rejects_bad_lengths():
+    model = _trained_ish_model()
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model.generate([[1] * 100], max_new_tokens=100)
+    with pytest.raises(ValueError, match="at least one token"):
+        model.generate([[]])
