@@ -393,6 +393,15 @@ class Phi(nn.Module):
         h = self.hidden_states(idx, pos=pos, caches=caches, cols=cols[:L], mask=mask[:, None])
         logits = self.lm_head(h[:, -1])                                                        # (B, vocab)
 
+        def decode_step(tok, col):
+            # tok: (B, 1) the last sampled tokens, col: (1,) their cache column; shapes never change, so on CUDA
+            # the whole step is captured once as a graph and replayed (one launch instead of hundreds per token)
+            mask = key_ok & (cols[None, :] <= col)                                             # (B, total)
+            h = self.hidden_states(tok, pos=col - pad[:, None], caches=caches, cols=col, mask=mask[:, None, None])
+            return self.lm_head(h[:, -1])                                                      # (B, vocab)
+        if device.type == "cuda" and max_new_tokens > 1:
+            decode_step = cuda_graph(decode_step, torch.zeros(B, 1, dtype=torch.long, device=device), cols[L:L + 1])
+
         out = [[] for _ in range(B)]
         done = [False] * B
         for step in range(max_new_tokens):
@@ -408,12 +417,7 @@ class Phi(nn.Module):
                     done[b] = True
             if all(done) or step == max_new_tokens - 1:
                 break
-            # one decoding step at cache column L + step; every step has the same shapes (CUDA-graph friendly)
-            col = cols[L + step:L + step + 1]                                                  # (1,)
-            mask = key_ok & (cols[None, :] <= col)                                             # (B, total)
-            h = self.hidden_states(next_tok[:, None], pos=col - pad[:, None], caches=caches, cols=col,
-                                   mask=mask[:, None, None])
-            logits = self.lm_head(h[:, -1])
+            logits = decode_step(next_tok[:, None], cols[L + step:L + step + 1])
         if stop:
             out = [_cut_at_stop(tok, ids, stop) for ids in out]
         return out
@@ -446,6 +450,31 @@ PEAK_BF16_FLOPS = [
     ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("A10G", 70e12), ("A10", 125e12),
     ("L4", 121e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12),
 ]
+
+
+def cuda_graph(fn, *example_args):
+    """Capture fn(*args) as a CUDA graph; returns a function that copies new args in and replays it.
+
+    The example args must be safe to run with: warm-up runs fn for real (here: it writes the cache column that the
+    first real step overwrites before anything reads it).
+    """
+    static_args = [a.clone() for a in example_args]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+        for _ in range(2):
+            fn(*static_args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fn(*static_args)
+
+    def replay(*args):
+        for static, a in zip(static_args, args):
+            static.copy_(a)
+        graph.replay()
+        return static_out
+    return replay
 
 
 def sample_next_token(logits, temperature, top_k, top_p, generator):
