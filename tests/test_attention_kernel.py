@@ -1,0 +1,351 @@
+"""Tests for attention_kernel.py.
+
+CPU tests run the Triton kernels in the interpreter (tests/conftest.py sets TRITON_INTERPRET=1) against a float64
+reference; outputs are pre-filled with NaN so that any element a kernel forgets to write fails. GPU tests (real
+kernels against PyTorch SDPA) run only with CUDA and the interpreter off:
+    TRITON_INTERPRET=0 python -m pytest -q tests/test_attention_kernel.py
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import triton
+
+import attention_kernel as ak
+
+interpreter_only = pytest.mark.skipif(not ak.INTERPRET, reason="CPU tests need TRITON_INTERPRET=1")
+gpu_only = pytest.mark.skipif(ak.INTERPRET or not torch.cuda.is_available(),
+                              reason="needs CUDA and TRITON_INTERPRET unset/0")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+
+def reference(q, k, v, causal, sm_scale=None, doc_ids=None, keep=None, dropout_p=0.0, dtype=torch.float64):
+    """Plain attention in `dtype` with the same masks; returns (out, lse) with lse the base-2 log-sum-exp."""
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    B, H, T, D = q.shape
+    sm_scale = 1 / math.sqrt(D) if sm_scale is None else sm_scale
+    s = q @ k.transpose(-1, -2) * sm_scale  # (B, H, T, T)
+    visible = torch.ones(T, T, dtype=torch.bool, device=q.device)
+    if causal:
+        visible = visible.tril()
+    visible = visible.expand(B, 1, T, T)
+    if doc_ids is not None:
+        visible = visible & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
+    s = s.masked_fill(~visible, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1) / math.log(2)  # (B, H, T)
+    p = s.softmax(dim=-1)
+    if keep is not None:
+        p = p * keep / (1 - dropout_p)
+    return p @ v, lse
+
+
+def make_qkv(B, H, T, D, dtype, layout, device="cpu", requires_grad=False, seed=0):
+    """q, k, v (B, H, T, D) in one of three memory layouts: 'contiguous'; 'fused', views of one (B, T, 3, H, D)
+    projection as in model.py; 'd_strided', head dim not innermost."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    if layout == "contiguous":
+        qkv = [torch.randn(B, H, T, D, generator=g, device=device).to(dtype) for _ in range(3)]
+    elif layout == "fused":
+        fused = torch.randn(B, T, 3, H, D, generator=g, device=device).to(dtype)
+        qkv = list(fused.permute(2, 0, 3, 1, 4).unbind(0))
+    elif layout == "d_strided":
+        qkv = [torch.randn(B, H, D, T, generator=g, device=device).to(dtype).transpose(2, 3) for _ in range(3)]
+    if requires_grad:
+        qkv = [x.detach().requires_grad_() for x in qkv]
+    return qkv
+
+
+def make_doc_ids(B, T, seed=0, device="cpu"):
+    """(B, T) ids of contiguous documents of random lengths 1..40, distinct ids per document."""
+    g = torch.Generator().manual_seed(seed)
+    starts = (torch.rand(B, T, generator=g) < 1 / 20) | (torch.rand(B, T, generator=g) < 0.02)
+    starts[:, 0] = True
+    return starts.long().cumsum(1).to(device) * 3 + 7  # ids need not start at 0 or be consecutive
+
+
+def nan_like_bhtd(x, dtype=None):
+    """NaN-filled (B, H, T, D) in (B, T, H, D) memory, like the buffers flash_attention allocates."""
+    B, H, T, D = x.shape
+    return torch.full((B, T, H, D), float("nan"), dtype=dtype or x.dtype, device=x.device).transpose(1, 2)
+
+
+def run_kernels(q, k, v, do, causal, doc_ids=None, dropout_p=0.0, seed=0, sm_scale=None):
+    """Forward and backward through the internal entries, into NaN-filled buffers; returns (o, lse, dq, dk, dv)."""
+    B, H, T, D = q.shape
+    sm_scale = 1 / math.sqrt(D) if sm_scale is None else sm_scale
+    bounds = ak.document_bounds(doc_ids) if doc_ids is not None else None
+    o = nan_like_bhtd(q)
+    lse = torch.full((B, H, T), float("nan"))
+    ak._forward(q, k, v, o, lse, causal, sm_scale, bounds, dropout_p, seed)
+    dq, dk, dv = nan_like_bhtd(q), nan_like_bhtd(k), nan_like_bhtd(v)
+    delta = torch.full((B, H, T), float("nan"))
+    ak._backward(q, k, v, o, lse, do, dq, dk, dv, delta, causal, sm_scale, bounds, dropout_p, seed)
+    return o, lse, dq, dk, dv
+
+
+def reference_with_grads(q, k, v, do, causal, **kw):
+    q, k, v = (x.detach().double().requires_grad_() for x in (q, k, v))
+    out, lse = reference(q, k, v, causal, **kw)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), do.double())
+    return out.detach(), lse, dq, dk, dv
+
+
+TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=3e-3, rtol=3e-3),
+       torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
+
+
+def assert_all_close(got, want, dtype, names=("o", "lse", "dq", "dk", "dv")):
+    for name, a, b in zip(names, got, want):
+        torch.testing.assert_close(a.double(), b, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CPU (interpreter): correctness against float64
+
+# (B, H, T, D, causal, dtype, layout, documents): every T of {1, 17, 64, 100, 130}, D of {32, 64} (16 and 128 once),
+# both causalities,
+# fp32/fp16 (bf16 once), each layout, documents, spread over few cases rather than the full cross product.
+CASES = [
+    (1, 2, 1, 32, True, torch.float32, "contiguous", False),
+    (2, 1, 1, 64, False, torch.float16, "fused", False),
+    (1, 2, 17, 32, True, torch.float16, "contiguous", False),
+    (2, 1, 17, 64, False, torch.float32, "fused", True),
+    (1, 2, 64, 32, True, torch.float32, "fused", False),
+    (2, 1, 64, 64, False, torch.float16, "contiguous", False),
+    (2, 2, 64, 32, True, torch.float32, "contiguous", True),
+    (1, 1, 100, 64, True, torch.float32, "d_strided", False),
+    (2, 1, 100, 32, False, torch.float32, "contiguous", False),
+    (1, 2, 100, 32, True, torch.float16, "fused", True),
+    (2, 1, 100, 64, True, torch.float16, "contiguous", True),
+    (1, 2, 130, 32, True, torch.float32, "contiguous", False),
+    (2, 1, 130, 64, False, torch.float16, "fused", True),
+    (1, 1, 130, 32, False, torch.float32, "d_strided", True),
+    (1, 2, 130, 64, True, torch.bfloat16, "fused", False),
+    (1, 1, 40, 16, True, torch.float32, "fused", True),
+    (1, 1, 50, 128, False, torch.float16, "contiguous", False),
+]
+
+
+@interpreter_only
+@pytest.mark.parametrize("B,H,T,D,causal,dtype,layout,docs", CASES,
+                         ids=[f"B{c[0]}H{c[1]}T{c[2]}D{c[3]}-{'causal' if c[4] else 'full'}-{str(c[5])[6:]}-{c[6]}"
+                              f"{'-docs' if c[7] else ''}" for c in CASES])
+def test_forward_backward_match_float64(B, H, T, D, causal, dtype, layout, docs):
+    q, k, v = make_qkv(B, H, T, D, dtype, layout)
+    do = torch.randn(B, T, H, D).to(dtype).transpose(1, 2)  # non-contiguous, as model.py's backward gives it
+    doc_ids = make_doc_ids(B, T, seed=T) if docs else None
+    got = run_kernels(q, k, v, do, causal, doc_ids)
+    assert_all_close(got, reference_with_grads(q, k, v, do, causal, doc_ids=doc_ids), dtype)
+
+
+@interpreter_only
+def test_custom_scale_and_single_document_equals_no_documents():
+    q, k, v = make_qkv(1, 2, 40, 32, torch.float32, "contiguous")
+    do = torch.randn(1, 2, 40, 32)
+    got = run_kernels(q, k, v, do, False, torch.full((1, 40), 4), sm_scale=0.3)
+    assert_all_close(got, reference_with_grads(q, k, v, do, False, sm_scale=0.3), torch.float32)
+
+
+@interpreter_only
+@pytest.mark.parametrize("fwd,dkdv,dq", [((16, 16), (16, 16), (16, 16)), ((64, 32), (16, 64), (64, 16))])
+def test_other_block_shapes(monkeypatch, fwd, dkdv, dq):
+    """The stage boundaries for block shapes the GPU autotuner may pick (square blocks, wider ratios)."""
+    for kernel, (m, n) in ((ak._attn_fwd, fwd), (ak._attn_bwd_dkdv, dkdv), (ak._attn_bwd_dq, dq)):
+        monkeypatch.setattr(kernel, "configs", [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=4)])
+    q, k, v = make_qkv(1, 1, 100, 32, torch.float32, "fused")
+    do = torch.randn(1, 1, 100, 32)
+    doc_ids = make_doc_ids(1, 100, seed=5)
+    for causal, docs in ((True, None), (False, None), (True, doc_ids), (False, doc_ids)):
+        got = run_kernels(q, k, v, do, causal, docs)
+        assert_all_close(got, reference_with_grads(q, k, v, do, causal, doc_ids=docs), torch.float32)
+
+
+@interpreter_only
+@pytest.mark.filterwarnings("ignore:All-NaN slice")  # the poisoned document's own rows
+@pytest.mark.parametrize("causal", [True, False])
+def test_document_blocks_outside_are_never_read(causal):
+    """Documents aligned to 32 positions, the middle one poisoned with NaN: if any kernel visited one of its key or
+    query blocks for the other documents, NaN would leak into them (0 * NaN = NaN even under a mask)."""
+    for cfgs in (ak.FWD_CONFIGS, ak.DKDV_CONFIGS, ak.DQ_CONFIGS):
+        assert 32 % cfgs[0].kwargs["BLOCK_M"] == 0 and 32 % cfgs[0].kwargs["BLOCK_N"] == 0
+    T = 96
+    doc_ids = torch.arange(T).div(32, rounding_mode="floor")[None]  # (1, T): [0]*32 + [1]*32 + [2]*32
+    q, k, v = make_qkv(1, 1, T, 32, torch.float32, "contiguous")
+    do = torch.randn(1, 1, T, 32)
+    want = reference_with_grads(q, k, v, do, causal, doc_ids=doc_ids)
+    for x in (q, k, v, do):
+        x[:, :, 32:64] = float("nan")
+    got = run_kernels(q, k, v, do, causal, doc_ids)
+    outside = torch.cat([torch.arange(32), torch.arange(64, 96)])
+    assert_all_close([x[:, :, outside] for x in got], [x[:, :, outside] for x in want], torch.float32)
+
+
+@interpreter_only
+def test_autograd_through_fused_qkv_and_stride0_grad():
+    """The public function on views of one (B, T, 3, H, D) tensor; o.sum() hands the backward a stride-0 dO."""
+    B, H, T, D = 2, 2, 33, 32
+    fused = torch.randn(B, T, 3, H, D, requires_grad=True)
+    q, k, v = fused.permute(2, 0, 3, 1, 4).unbind(0)
+    doc_ids = make_doc_ids(B, T, seed=1)
+    o = ak.flash_attention(q, k, v, causal=True, doc_ids=doc_ids)
+    assert o.shape == (B, H, T, D) and o.transpose(1, 2).is_contiguous()
+    o.sum().backward()
+    ref_fused = fused.detach().double().requires_grad_()
+    rq, rk, rv = ref_fused.permute(2, 0, 3, 1, 4).unbind(0)
+    ref_o, _ = reference(rq, rk, rv, True, doc_ids=doc_ids)
+    ref_o.sum().backward()
+    torch.testing.assert_close(o.double(), ref_o.detach(), **TOL[torch.float32])
+    torch.testing.assert_close(fused.grad.double(), ref_fused.grad, **TOL[torch.float32])
+
+
+@interpreter_only
+def test_dropout_matches_float64_with_the_same_mask():
+    B, H, T, D, p, seed = 2, 1, 70, 32, 0.3, 12345
+    q, k, v = make_qkv(B, H, T, D, torch.float32, "fused")
+    do = torch.randn(B, H, T, D)
+    doc_ids = make_doc_ids(B, T, seed=2)
+    keep = ak.dropout_mask(seed, B, H, T, p)  # (B, H, T, T) bool
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.02
+    assert not torch.equal(keep[0], keep[1])  # each (batch, head) draws its own numbers
+    got = run_kernels(q, k, v, do, True, doc_ids, dropout_p=p, seed=seed)
+    want = reference_with_grads(q, k, v, do, True, doc_ids=doc_ids, keep=keep, dropout_p=p)
+    assert_all_close(got, want, torch.float32)
+
+
+@interpreter_only
+def test_dropout_seed_follows_torch_manual_seed():
+    q, k, v = make_qkv(1, 2, 20, 32, torch.float32, "contiguous")
+    torch.manual_seed(3)
+    a = ak.flash_attention(q, k, v, dropout_p=0.5)
+    b = ak.flash_attention(q, k, v, dropout_p=0.5)
+    torch.manual_seed(3)
+    c = ak.flash_attention(q, k, v, dropout_p=0.5)
+    assert torch.equal(a, c) and not torch.equal(a, b)
+    with pytest.raises(ValueError, match="dropout_p"):
+        ak.flash_attention(q, k, v, dropout_p=1.0)
+
+
+@interpreter_only
+def test_deterministic():
+    q, k, v = make_qkv(2, 2, 50, 32, torch.float16, "fused")
+    do = torch.randn(2, 2, 50, 32).half()
+    doc_ids = make_doc_ids(2, 50, seed=3)
+    first = run_kernels(q, k, v, do, True, doc_ids, dropout_p=0.1, seed=7)
+    second = run_kernels(q, k, v, do, True, doc_ids, dropout_p=0.1, seed=7)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_document_bounds():
+    doc_ids = torch.tensor([[5, 5, 7, 7, 7, 5], [1, 1, 1, 1, 1, 1]])
+    starts, ends = ak.document_bounds(doc_ids)
+    assert starts.tolist() == [[0, 0, 2, 2, 2, 5], [0] * 6]  # the second run of 5s is a new document
+    assert ends.tolist() == [[2, 2, 5, 5, 5, 6], [6] * 6]
+
+
+def test_supported_and_clear_errors(monkeypatch):
+    x = torch.zeros(1, 2, 8, 64)
+    monkeypatch.setattr(ak, "INTERPRET", True)
+    assert ak.flash_attention_supported(x, x, x)
+    assert ak.flash_attention_supported(x, x, x, doc_ids=torch.zeros(1, 8, dtype=torch.int64))
+    assert not ak.flash_attention_supported(x, x, x, doc_ids=torch.zeros(1, 9, dtype=torch.int64))
+    for bad in (torch.zeros(1, 2, 8, 48), torch.zeros(1, 2, 8, 256), torch.zeros(1, 2, 0, 64), torch.zeros(2, 8, 64)):
+        assert not ak.flash_attention_supported(bad, bad, bad)
+    assert not ak.flash_attention_supported(x, x, x.double())
+    assert not ak.flash_attention_supported(x.double(), x.double(), x.double())
+    assert not ak.flash_attention_supported(x, x[:, :1], x)
+    with pytest.raises(ValueError, match="unsupported inputs"):
+        ak.flash_attention(x, x[:, :1], x)
+    monkeypatch.setattr(ak, "INTERPRET", False)  # plain CPU tensors need the interpreter
+    assert not ak.flash_attention_supported(x, x, x)
+
+
+def test_benchmark_argument_parsing():
+    args = ak._parse_args([])
+    assert args.shapes == ak.BENCH_SHAPES and args.doc_len == 512
+    assert ak._parse_args(["--shapes=1,2,64,32;2,2,128,64", "--no_flex"]).shapes == [(1, 2, 64, 32), (2, 2, 128, 64)]
+    with pytest.raises(SystemExit):
+        ak._parse_args(["--shapes=1,2,64"])
+    doc_ids = ak._random_doc_ids(2, 300, 20, "cpu")
+    assert doc_ids.shape == (2, 300) and (doc_ids.diff(dim=1) >= 0).all() and doc_ids[:, -1].min() > 3
+    if ak.INTERPRET or not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+            ak.benchmark(["--no_flex"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GPU: real kernels against PyTorch SDPA
+
+def _rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _check_against_sdpa(q, k, v, causal=True, doc_ids=None, keep=None, dropout_p=0.0, seed_state=0):
+    """Our error against an fp32 reference must be within bf16/fp16 tolerance and not far above SDPA's own error."""
+    torch.manual_seed(seed_state)
+    o = ak.flash_attention(q, k, v, causal=causal, doc_ids=doc_ids, dropout_p=dropout_p)
+    do = torch.randn_like(o)
+    grads = torch.autograd.grad(o, (q, k, v), do)
+    ref_in = [x.detach().float().requires_grad_() for x in (q, k, v)]
+    ref_o, _ = reference(*ref_in, causal, doc_ids=doc_ids, keep=keep, dropout_p=dropout_p, dtype=torch.float32)
+    ref_grads = torch.autograd.grad(ref_o, ref_in, do.float())
+    half_in = [x.detach().requires_grad_() for x in (q, k, v)]
+    if doc_ids is None and keep is None:  # SDPA in the same half precision: the error budget to meet
+        sdpa_o = F.scaled_dot_product_attention(*half_in, is_causal=causal)
+        sdpa_grads = torch.autograd.grad(sdpa_o, half_in, do)
+    for name, ours, ref, sdpa in zip(("o", "dq", "dk", "dv"), (o, *grads), (ref_o, *ref_grads),
+                                     (sdpa_o, *sdpa_grads) if doc_ids is None and keep is None else [None] * 4):
+        err = _rel_err(ours, ref)
+        assert err < 2e-2, f"{name}: relative error {err:.2e}"
+        if sdpa is not None:
+            assert err < 3 * _rel_err(sdpa, ref) + 1e-3, f"{name}: ours {err:.2e} vs SDPA {_rel_err(sdpa, ref):.2e}"
+    torch.manual_seed(seed_state)
+    o2 = ak.flash_attention(q, k, v, causal=causal, doc_ids=doc_ids, dropout_p=dropout_p)
+    grads2 = torch.autograd.grad(o2, (q, k, v), do)
+    assert torch.equal(o, o2) and all(torch.equal(a, b) for a, b in zip(grads, grads2)), "not deterministic"
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,H,T,D,causal,layout", [(2, 32, 2048, 64, True, "fused"), (1, 8, 1000, 128, False,
+                                                   "contiguous"), (3, 4, 1, 32, True, "contiguous"),
+                                                   (2, 4, 777, 64, True, "d_strided")])
+def test_gpu_matches_sdpa(B, H, T, D, causal, layout, dtype):
+    q, k, v = make_qkv(B, H, T, D, dtype, layout, device="cuda", requires_grad=True)
+    _check_against_sdpa(q, k, v, causal)
+
+
+@gpu_only
+@pytest.mark.parametrize("causal", [True, False])
+def test_gpu_documents_and_dropout(causal):
+    B, H, T, D, p = 2, 8, 1024, 64, 0.1
+    q, k, v = make_qkv(B, H, T, D, torch.bfloat16, "fused", device="cuda", requires_grad=True)
+    doc_ids = make_doc_ids(B, T, device="cuda")
+    _check_against_sdpa(q, k, v, causal, doc_ids=doc_ids)
+    torch.manual_seed(11)
+    seed = int(torch.randint(0, 2**31 - 1, ()))  # the draw flash_attention makes after torch.manual_seed(11)
+    keep = ak.dropout_mask(seed, B, H, T, p, device="cuda")
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.01
+    _check_against_sdpa(q, k, v, causal, doc_ids=doc_ids, keep=keep, dropout_p=p, seed_state=11)
+
+
+@gpu_only
+def test_gpu_64bit_offsets():
+    """q, k, v views of a fused (B, T, 3, H, D) bf16 tensor of 2.4e9 elements: offsets past 2^31 in the last batch."""
+    B, H, T, D = 96, 128, 1024, 64
+    if torch.cuda.mem_get_info()[0] < 24 * 2**30:
+        pytest.skip("needs 24 GiB of free GPU memory")
+    fused = torch.randn(B, T, 3, H, D, device="cuda", dtype=torch.bfloat16)
+    assert fused.numel() > 2**31
+    q, k, v = (x.detach().requires_grad_() for x in fused.permute(2, 0, 3, 1, 4).unbind(0))  # views of one buffer
+    o = ak.flash_attention(q, k, v)
+    do = torch.randn_like(o)
+    dq, dk, dv = torch.autograd.grad(o, (q, k, v), do)
+    last = [x[-1:].detach().float().requires_grad_() for x in (q, k, v)]  # offsets beyond 2^31 live here
+    ref_o = F.scaled_dot_product_attention(*last, is_causal=True)
+    ref_grads = torch.autograd.grad(ref_o, last, do[-1:].float())
+    for ours, ref in zip((o, dq, dk, dv), (ref_o, *ref_grads)):
+        assert _rel_err(ours[-1:], ref) < 2e-2
