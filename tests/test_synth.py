@@ -1,0 +1,342 @@
+"""Tests for synth.py: seeded prompts, exercise checks, dedup, decontamination, and resumable generation through
+a fake OpenAI-compatible server with injected faults (plus an opt-in run through a real llama.cpp server)."""
+import ast
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+import synth
+from fake_openai import FakeOpenAIServer
+from filter import read_jsonl_resumable
+
+REPO = Path(__file__).resolve().parent.parent
+MBPP = REPO.parent / "shared" / "data" / "mbpp.jsonl"
+
+
+# ----------------------------------------------------------------------------- a deterministic fake "LLM"
+def fake_reply(messages, body):
+    """A reply that depends only on the prompt: a textbook section, or an exercise (with asserts when asked),
+    and on purpose some prose-only, broken and wrong answers, so that checking has something to drop."""
+    user = messages[-1]["content"]
+    h = zlib.crc32(user.encode())
+    time.sleep(0.02)
+    if "textbook" in user:
+        topic = re.search(r'on "([^"]+)"', user).group(1)
+        words = " ".join(f"w{(h >> i) % 997}" for i in range(40))
+        return f"# {topic}\n\nLet us study {topic}. {words}\n\n```python\nx = {h % 100}\nprint(x * 2)\n```\n"
+    name = re.search(r"named `(\w+)`", user).group(1)
+    if h % 7 == 0:
+        return "I am sorry, I cannot write code today, but here is an explanation in prose."
+    if h % 7 == 1:
+        return f"```python\ndef {name}(xs:\n    return\n```"
+    k = h % 1000
+    wrong = 1 if h % 7 == 2 else 0     # a wrong reference solution: only --verify can notice
+    tests = f"\nassert {name}([1, 2]) == {3 + k}\nassert {name}([]) == {k}\n" if "assert" in user else ""
+    return (f"Here is the exercise.\n```python\nimport math\n\n\ndef {name}(xs: list) -> int:\n"
+            f'    """Return the sum of xs plus {k} (exercise {h}).\n\n    >>> {name}([1])\n    {1 + k}\n    """\n'
+            f"    # add the offset {k}\n    total = {k} + {wrong}\n    for x in xs:\n        total += x\n"
+            f"    return total\n{tests}```\n")
+
+
+def read(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- prompts
+def test_prompts_are_seeded():
+    assert len(synth.TAXONOMY) >= 100 and all(len(s) >= 3 for s in synth.TAXONOMY.values())
+    for kind in ("textbook", "exercises"):
+        a = [synth.build_messages(kind, synth.draw_constraints(kind, 1, i)) for i in range(50)]
+        b = [synth.build_messages(kind, synth.draw_constraints(kind, 1, i)) for i in range(50)]
+        c = [synth.build_messages(kind, synth.draw_constraints(kind, 2, i)) for i in range(50)]
+        assert a == b
+        assert sum(x != y for x, y in zip(a, c)) >= 45
+        assert len({m[-1]["content"] for m in a}) == 50
+    draws = [synth.draw_constraints("exercises", 0, i) for i in range(500)]
+    assert len({d["function_name"] for d in draws}) >= 480
+    assert len({d["topic"] for d in draws}) >= 90
+    assert {m for d in draws for m in d["modules"]} == set(synth.STDLIB_MODULES)
+    # the prompt actually carries the constraints
+    d = draws[0]
+    text = synth.build_messages("exercises", d, verify=True)[-1]["content"]
+    assert d["function_name"] in text and d["subtopic"] in text and "assert" in text
+
+
+# ----------------------------------------------------------------------------- checking exercises
+def test_parse_exercise():
+    reply = ('Here is the exercise.\n```python\nimport math\n\n\ndef add_up(xs: list) -> int:\n'
+             '    """Sum xs.\n\n    >>> add_up([1])\n    1\n    """\n    # a comment\n    total = 0\n'
+             '    for x in xs:\n        total += x\n    return total\n\n\nprint(add_up([2]))\n'
+             'assert add_up([1, 2]) == 3\nassert add_up([]) == 0\n```\nThat is all.')
+    ex, reason = synth.parse_exercise(reply)
+    assert reason is None and ex["entry_point"] == "add_up" and len(ex["tests"]) == 2
+    assert ex["text"] == ex["prompt"] + ex["completion"]
+    assert ex["prompt"].rstrip().endswith('"""') and "return total" in ex["completion"]
+    assert "assert" not in ex["text"] and "Here is" not in ex["text"] and "print" not in ex["text"]
+    tree = ast.parse(ex["text"])
+    assert [type(n).__name__ for n in tree.body] == ["Import", "FunctionDef"]
+    cases = {"Sure! Functions are great.": "no_code",
+             "```python\ndef f(:\n```": "unparsable",
+             "Code without a fence:\ndef f(:\n    return": "unparsable",
+             "```python\ndef f():\n    return 1\n```": "no_docstring",
+             '```python\ndef f():\n    """Doc."""\n    pass\n```': "no_body",
+             '```python\ndef f():\n    """a"""\n    return 1\n\ndef g():\n    """b"""\n    return 2\n```':
+                 "several_functions",
+             "```python\nx = 1\n```": "no_function"}
+    for reply, want in cases.items():
+        assert synth.parse_exercise(reply) == (None, want), reply
+
+
+# ----------------------------------------------------------------------------- dedup and diversity
+def test_dedup_and_diversity():
+    base = [f"def f{i}(xs):\n    '''Topic {i}: " + " ".join(f"word{i}_{j}" for j in range(80)) + "'''\n    return xs\n"
+            for i in range(20)]
+    near = base[3].replace("word3_7 ", "changed ")          # one word of ~90 changed
+    records = [{"id": str(i), "text": t} for i, t in enumerate(base)]
+    records += [{"id": "exact", "text": "  " + base[5].replace("\n", " \n")},   # whitespace-only difference
+                {"id": "near", "text": near}]
+    kept, rem = synth.dedup(records)
+    assert [r["id"] for r in kept] == [str(i) for i in range(20)]
+    assert rem["exact"] == 1 and rem["near"] == 1 and rem["pairs"] == [["near", "3"]]
+    d = synth.diversity([{"id": "a", "text": "a b c a b c", "constraints": {"topic": "x", "function_name": "f"}},
+                         {"id": "b", "text": "a b d", "constraints": {"topic": "y", "function_name": "f"}}])
+    assert d["distinct_topics"] == 2 and d["distinct_function_names"] == 1
+    assert d["distinct_1gram_ratio"] == round(4 / 9, 4) and d["distinct_2gram_ratio"] == round(4 / 7, 4)
+
+
+def test_cli_dedup_report_preview(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    texts = ["def a():\n    return 1\n", "def a():\n    return 1\n", "def b(x):\n    return x * 2\n"]
+    data.write_text("".join(json.dumps({"text": t, "constraints": {"topic": str(i)}}) + "\n"
+                            for i, t in enumerate(texts)))
+    synth.main(["dedup", str(data)])
+    assert "removed 1 exact and 0 near duplicates" in capsys.readouterr().out
+    assert len(read(tmp_path / "d.dedup.jsonl")) == 2
+    synth.main(["report", str(data)])
+    assert json.loads(capsys.readouterr().out)["distinct_topics"] == 3
+    synth.main(["preview", "exercises", "--seed=3", "--n=2", "--verify"])
+    out = capsys.readouterr().out
+    assert out.count("=== exercises-s3-") == 2 and "assert statements" in out
+    (tmp_path / "bad.jsonl").write_text('{"no_text": 1}\n')
+    with pytest.raises(SystemExit, match="record 0 has no 'text' field"):
+        synth.main(["report", str(tmp_path / "bad.jsonl")])
+
+
+# ----------------------------------------------------------------------------- decontamination
+class _Rename(ast.NodeTransformer):
+    """Renames the function, its arguments and its local variables; leaves builtins and attributes alone."""
+    def __init__(self, names):
+        self.map = {n: f"v{i}" for i, n in enumerate(sorted(names))}
+
+    def visit_Name(self, node):
+        node.id = self.map.get(node.id, node.id)
+        return node
+
+    def visit_arg(self, node):
+        node.arg = self.map.get(node.arg, node.arg)
+        return node
+
+    def visit_FunctionDef(self, node):
+        node.name = self.map.get(node.name, node.name)
+        self.generic_visit(node)
+        return node
+
+
+def disguise(src):
+    tree = ast.parse(src)
+    names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    names |= {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
+    names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    tree = _Rename(names).visit(tree)
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef) and ast.get_docstring(fn) is not None:
+            fn.body[0] = ast.Expr(ast.Constant("Completely new documentation written for this exercise."))
+    lines = ast.unparse(tree).splitlines()
+    return "\n".join(line + ("  # a fresh comment" if i % 2 else "") for i, line in enumerate(lines)) + "\n"
+
+
+UNRELATED = [
+    'def count_vowels(s: str) -> int:\n    """Count vowels."""\n    return sum(1 for c in s.lower() if c in "aeiou")\n',
+    'def fib(n: int) -> int:\n    """n-th Fibonacci number."""\n    a, b = 0, 1\n    for _ in range(n):\n'
+    '        a, b = b, a + b\n    return a\n',
+    'def merge_intervals(iv):\n    """Merge overlapping intervals."""\n    out = []\n    for s, e in sorted(iv):\n'
+    '        if out and s <= out[-1][1]:\n            out[-1][1] = max(out[-1][1], e)\n        else:\n'
+    '            out.append([s, e])\n    return out\n',
+    'import heapq\n\n\ndef k_smallest(xs, k):\n    """The k smallest items, sorted."""\n'
+    '    return heapq.nsmallest(k, xs)\n',
+    'class Stack:\n    """A stack."""\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n'
+    '        self.items.append(x)\n',
+]
+
+
+def test_decontaminate_planted_humaneval():
+    from eval import load_problems
+    he = load_problems("humaneval")
+    tids = sorted(he)[:164:16]                         # 11 problems spread over the set
+    bench = synth.load_benchmarks(["humaneval"])
+    recs = [{"id": f"planted-{t}", "text": he[t]["prompt"] + he[t]["canonical_solution"]} for t in tids]
+    recs += [{"id": f"disguised-{t}", "text": disguise(he[t]["prompt"] + he[t]["canonical_solution"])} for t in tids]
+    recs += [{"id": f"unrelated-{i}", "text": t} for i, t in enumerate(UNRELATED)]
+    kept, rep = synth.decontaminate(recs, bench)
+    assert sorted(r["id"] for r in kept) == [f"unrelated-{i}" for i in range(len(UNRELATED))]
+    by_id = {x["id"]: x for x in rep["removed"]}
+    for t in tids:
+        assert by_id[f"planted-{t}"]["reason"] == "13gram" and by_id[f"planted-{t}"]["task"] == t
+    # the disguised copies share no 13-gram with the benchmark any more: the AST match alone catches them
+    disguised = [r for r in recs if r["id"].startswith("disguised")]
+    _, rep13 = synth.decontaminate(disguised, bench, tau=1.01)   # tau > 1 switches the AST match off
+    assert rep13["removed_13gram"] <= 2
+    bench_sigs = [(task, s) for task, src in bench.items() for s in synth.function_signatures(src)]
+    for r in disguised:
+        matches = [synth.ast_match(s, bench_sigs, synth.TAU) for s in synth.function_signatures(r["text"])]
+        assert (1.0, r["id"].removeprefix("disguised-")) in matches
+    assert rep["removed_ast"] >= len(tids) - 2
+
+
+def test_decontaminate_cli_humaneval_and_mbpp(tmp_path):
+    if not MBPP.exists():
+        pytest.skip(f"{MBPP} not found")
+    mbpp = [json.loads(line) for line in MBPP.read_text().splitlines()[:50]]
+    data = tmp_path / "data.jsonl"
+    recs = [{"id": f"m{p['task_id']}", "text": p["code"]} for p in mbpp[:3]]
+    recs += [{"id": f"u{i}", "text": t} for i, t in enumerate(UNRELATED)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = subprocess.run([sys.executable, "synth.py", "decontaminate", str(data), "--against", "humaneval",
+                          "--against", str(MBPP)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "checked 8" in out.stdout and "kept 5" in out.stdout
+    kept = read(tmp_path / "data.decontaminated.jsonl")
+    assert [r["id"] for r in kept] == [f"u{i}" for i in range(len(UNRELATED))]
+    rep = json.loads((tmp_path / "data.decontaminated.report.json").read_text())
+    assert {x["task"] for x in rep["removed"]} == {f"MBPP/{p['task_id']}" for p in mbpp[:3]}
+    bad = subprocess.run([sys.executable, "synth.py", "decontaminate", str(tmp_path / "nope.jsonl")], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.jsonl'}: no such file"]
+
+
+# ----------------------------------------------------------------------------- generation through the fake server
+def _gen_cmd(url, out, n, extra=()):
+    return [sys.executable, "synth.py", "exercises", f"--out={out}", f"--n_samples={n}", f"--base_url={url}",
+            "--concurrency=4", "--timeout=1.0", "--model=fake", *extra]
+
+
+def test_generation_faults_kill_and_resume(tmp_path):
+    n = 40
+    faults = dict(fault_rate=0.25, faults=("429", "500", "garbage", "slow", "drop"), slow_seconds=1.5)
+    # reference: one uninterrupted run, in-process
+    with FakeOpenAIServer(fake_reply, seed=1, **faults) as srv:
+        rep = synth.generate("exercises", tmp_path / "ref" / "ex.jsonl", n_samples=n, base_url=srv.base_url,
+                             model="fake", concurrency=4, timeout=1.0, against=(), log=open(os.devnull, "w"))
+        assert sum(srv.fault_counts.values()) > 5
+    assert rep["generation"]["kept"] == n and rep["generation"]["rejected"]
+    # the same run killed midway (SIGKILL, so nothing gets to clean up), then resumed
+    out = tmp_path / "run" / "ex.jsonl"
+    raw = out.with_suffix(".raw.jsonl")
+    with FakeOpenAIServer(fake_reply, seed=2, **faults) as srv:
+        proc = subprocess.Popen(_gen_cmd(srv.base_url, out, n, ["--no_decontaminate"]), cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while time.time() < deadline and (not raw.exists() or raw.read_text().count("\n") < n // 3):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        partial = read_jsonl_resumable(raw)   # a kill mid-write may leave a torn last line: resuming drops it
+        assert n // 3 <= len(partial) < n, "the run was not killed midway"
+        res = subprocess.run(_gen_cmd(srv.base_url, out, n, ["--no_decontaminate"]), cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert f"resuming with {len(partial)} records" in res.stderr and "ETA" in res.stderr
+    ref, got = read(tmp_path / "ref" / "ex.jsonl"), read(out)
+    assert got == ref                                             # same records, same order, nothing lost
+    ids = [r["id"] for r in read(raw)]
+    assert len(ids) == len(set(ids)) == n                         # nothing duplicated in the raw file
+    rejected = read(out.with_suffix(".rejected.jsonl"))
+    indices = sorted([r["index"] for r in read(raw)] + [r["index"] for r in rejected])
+    assert indices == list(range(len(indices)))                   # a prefix of indices, no holes
+    assert {r["reason"] for r in rejected} <= {"no_code", "unparsable"}
+    for r in got:   # drawn in another process (another PYTHONHASHSEED): the seeded draws are the same there
+        assert r["constraints"] == synth.draw_constraints("exercises", 0, r["index"])
+        assert r["entry_point"] == r["constraints"]["function_name"] and r["text"].startswith("import math")
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    assert report["diversity"]["distinct_function_names"] >= n - 2
+
+
+def test_verify_drops_wrong_solutions(tmp_path):
+    out = tmp_path / "ex.jsonl"
+    with FakeOpenAIServer(fake_reply) as srv:
+        rep = synth.generate("exercises", out, n_samples=12, base_url=srv.base_url, model="fake", concurrency=2,
+                             verify=True, against=("humaneval",), log=open(os.devnull, "w"))
+        assert all("assert" in b["messages"][-1]["content"] for b in srv.requests)
+    rejected = read(out.with_suffix(".rejected.jsonl"))
+    n_failed = sum(r["reason"] == "failed_tests" for r in rejected)
+    assert rep["generation"]["rejected"].get("failed_tests", 0) == n_failed > 0
+    assert rep["decontamination"]["checked"] == 12 and rep["decontamination"]["kept"] == 12
+    planted_wrong = lambda r: zlib.crc32(  # noqa: E731  (fake_reply's rule for a wrong solution)
+        synth.build_messages("exercises", r["constraints"], True)[-1]["content"].encode()) % 7 == 2
+    for r in read(out):
+        assert r["verified"] and len(r["tests"]) == 2 and not planted_wrong(r)
+    for r in rejected:
+        assert (r["reason"] == "failed_tests") == planted_wrong(r)
+        assert r["reason"] != "failed_tests" or r["result"].startswith("failed: AssertionError")
+
+
+def test_resume_refuses_another_seed(tmp_path):
+    out = tmp_path / "ex.jsonl"
+    with FakeOpenAIServer(fake_reply) as srv:
+        synth.generate("exercises", out, n_samples=2, base_url=srv.base_url, model="fake", against=(),
+                       log=open(os.devnull, "w"))
+        with pytest.raises(SystemExit, match="records of seed 0; resume with the same kind and --seed"):
+            synth.generate("exercises", out, n_samples=4, seed=1, base_url=srv.base_url, model="fake", against=(),
+                           log=open(os.devnull, "w"))
+
+
+def test_textbook_token_target(tmp_path):
+    from model import get_tokenizer
+    out = tmp_path / "tb.jsonl"
+    with FakeOpenAIServer(fake_reply) as srv:
+        rep = synth.generate("textbook", out, n_tokens=1500, base_url=srv.base_url, model="fake", concurrency=4,
+                             against=("humaneval",), log=open(os.devnull, "w"))
+    raw = read(out.with_suffix(".raw.jsonl"))
+    tok = get_tokenizer()
+    total = sum(len(tok.encode(r["text"])) for r in raw)
+    assert total >= 1500 and total - len(tok.encode(raw[-1]["text"])) < 1500 + 4 * 200   # stops soon after
+    assert rep["generation"]["kept_tokens"] == total
+    assert all({"topic", "subtopic", "audience", "style"} <= set(r["constraints"]) for r in raw)
+    assert rep["generation"]["usage_this_run"]["completion_tokens"] > 0
+
+
+# ----------------------------------------------------------------------------- opt-in: a real llama.cpp server
+@pytest.mark.skipif(not os.environ.get("PHI1_LLAMA_URL"), reason="set PHI1_LLAMA_URL=http://127.0.0.1:PORT/v1")
+def test_real_llama_server_end_to_end(tmp_path):
+    """Plumbing through a real server: textbooks, exercises, verified exercises, each deduplicated and
+    decontaminated. The 135M model of serve_llm.sh rarely writes a valid exercise, so the test accepts rejections
+    but checks that every request is accounted for; a low temperature gives it its best chance."""
+    url, model = os.environ["PHI1_LLAMA_URL"], os.environ.get("PHI1_LLAMA_MODEL", "smollm2")   # serve_llm.sh's alias
+    for name, kind, extra in (("tb", "textbook", []), ("ex", "exercises", []), ("exv", "exercises", ["--verify"])):
+        out = tmp_path / f"{name}.jsonl"
+        cmd = [sys.executable, "synth.py", kind, f"--out={out}", "--n_samples=2", f"--base_url={url}",
+               f"--model={model}", "--concurrency=2", "--max_tokens=384", "--temperature=0.3", "--timeout=300",
+               "--give_up_after=4", *extra]
+        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+        print(res.stderr)
+        assert res.returncode == 0, res.stderr
+        report = json.loads(out.with_suffix(".report.json").read_text())
+        gen, final = report["generation"], read(out)
+        assert gen["kept"] + sum(gen["rejected"].values()) == len(read(out.with_suffix(".raw.jsonl"))) + len(
+            read(out.with_suffix(".rejected.jsonl"))) >= 2
+        assert gen["usage_this_run"]["completion_tokens"] > 0
+        assert report["decontamination"]["checked"] == len(final) + len(report["decontamination"]["removed"])
+        for r in final:
+            assert r["constraints"] == synth.draw_constraints(kind, 0, r["index"])
+            if kind == "exercises":
+                assert synth.parse_exercise(r["text"])[1] is None and r["verified"] == bool(extra)
+    assert read(tmp_path / "tb.jsonl")   # a textbook section is just text: the small model manages that
