@@ -1,0 +1,986 @@
+"""phi-1's quality filter (§2.1 of "Textbooks Are All You Need"): from LLM labels to a filtered training corpus.
+
+The paper filters The Stack + StackOverflow down to "textbook quality": GPT-4 labels a sample of files for their
+educational value for a student whose goal is to learn basic coding concepts, and a random forest over the output
+embeddings of a pretrained code model predicts that label for every file. This file does the whole of it:
+
+  1. load      a directory of .py files, or JSONL with a "text" field (optional "id", "source"), exact duplicates
+               dropped; binary, non-UTF-8, empty and oversized inputs are skipped and counted
+  2. annotate  an LLM judge over any OpenAI-compatible /v1/chat/completions server (--base-url, --model, key from
+               OPENAI_API_KEY) on a random sample (--n-annotate); labels go to a JSONL cache as they arrive, so a
+               killed run resumes. Without --base-url a transparent heuristic stands in (named so everywhere).
+  3. embed     mean-pooled final hidden states of a model.py model (--embed-ckpt: a train.py checkpoint or a
+               Hugging Face Phi directory), or without one a model-free stand-in: hashed n-gram TF-IDF + SVD
+  4. fit       a random forest on the labelled files; held-out accuracy, precision, recall, ROC AUC
+  5. apply     score every file, keep those above --threshold (or the top --keep-fraction), write the JSONL that
+               train.py reads ({"text", "score", "source", "id"}) and a report
+
+Run:
+  python filter.py                                   # all stages, offline, on the CPython standard library
+  python filter.py all --input=my_code/ --base-url=http://127.0.0.1:8080/v1 --model=smollm2 --n-annotate=500
+  python filter.py annotate --out-dir=out-filter ... # or one stage at a time, each reading the previous' files
+Outputs (in --out-dir, default out-filter/): corpus.jsonl, labels.jsonl, embeddings.npy, forest.joblib,
+metrics.json, filtered.jsonl, report.txt, stats.json.
+"""
+import argparse
+import ast
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import sys
+import sysconfig
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+
+import joblib
+import numpy as np
+import requests
+import sklearn
+from sklearn.decomposition import TruncatedSVD
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
+from sklearn.model_selection import train_test_split
+
+# ----------------------------------------------------------------------------------------------------------------
+# Defaults (most are command-line flags of the same name)
+
+OUT_DIR = "out-filter"
+INPUT = sysconfig.get_paths()["stdlib"]  # the offline default corpus: this Python's own standard library
+MAX_BYTES = 1_000_000        # larger files are data or generated code, not textbooks
+N_ANNOTATE = 1000            # the paper labelled ~100 k of 35 M files; the stdlib is small, so a larger share
+CONCURRENCY = 8              # parallel LLM requests
+TIMEOUT = 60.0               # seconds per LLM request
+MAX_RETRIES = 6
+MAX_PROMPT_CHARS = 4000      # files are cut to this many characters in the prompt (fits a 2k-token context)
+LABEL_THRESHOLD = 0.5        # a graded score >= this is a positive ("high educational value") label
+THRESHOLD = 0.5              # keep files whose forest score is >= this ...
+KEEP_FRACTION = None         # ... or, if set, the top fraction of files by score
+EMBED_MAX_TOKENS = 512       # tokens of each file fed to the embedding model (the paper does not say)
+EMBED_BATCH_TOKENS = 16384   # padded tokens per embedding batch
+N_ESTIMATORS = 300
+TEST_FRACTION = 0.2          # held-out share of the labelled files for the printed metrics
+SEED = 0
+
+
+class FilterError(Exception):
+    """A problem with the user's input or files, shown as one line."""
+
+
+class Progress:
+    """A progress line on stderr every couple of seconds, with rate and ETA."""
+
+    def __init__(self, what, total):
+        self.what, self.total, self.done = what, total, 0
+        self.t0 = self.last = time.time()
+
+    def update(self, n=1):
+        self.done += n
+        now = time.time()
+        if now - self.last >= 2.0 or self.done == self.total:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate else float("inf")
+            print(f"  {self.what}: {self.done}/{self.total} ({rate:.1f}/s, ETA {eta:.0f} s)", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# JSONL that survives being killed mid-write
+
+def append_jsonl(f, record, fsync=False):
+    """Write one record as one JSON line and flush it, so a killed run loses at most the line being written."""
+    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    f.flush()
+    if fsync:
+        os.fsync(f.fileno())
+
+
+def read_jsonl_resumable(path):
+    """Read a JSONL file written by append_jsonl, repairing a torn last line so that appending can go on.
+
+    A last line without its newline is what a killed writer leaves: it is dropped and cut off the file (or, if it
+    happens to be a whole JSON object, kept and given its newline). A malformed line anywhere else is corruption,
+    not an interruption, and raises ValueError naming the line. A missing file reads as empty."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    records = []
+    good_end = 0                                    # byte offset just after the last complete line
+    lines = data.split(b"\n")
+    for lineno, line in enumerate(lines[:-1], 1):   # every piece but the last ended with "\n"
+        good_end += len(line) + 1
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{lineno}: malformed JSONL line (not a JSON object): {line[:80]!r}")
+        records.append(rec)
+    tail = lines[-1]
+    if tail.strip():
+        try:
+            rec = json.loads(tail)
+        except ValueError:
+            rec = None
+        with open(path, "r+b") as f:
+            if isinstance(rec, dict):               # complete record, only its newline was lost
+                records.append(rec)
+                f.seek(len(data))
+                f.write(b"\n")
+            else:
+                f.truncate(good_end)
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Load
+
+SKIP_DIRS = {"__pycache__", "site-packages", "dist-packages", "node_modules"}  # installed third-party code is not
+                                                                                # part of the corpus being filtered
+
+
+def content_hash(text):
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def load_corpus(path, max_bytes=MAX_BYTES):
+    """Documents [{"id", "source", "hash", "text"}] from a directory of .py files or a JSONL file, and the counts
+    of what was skipped. Exact duplicates (same content hash) keep their first occurrence."""
+    path = Path(path)
+    counts = Counter()
+    docs, seen = [], set()
+
+    def add(text, doc_id, source, size):
+        if size > max_bytes:
+            counts["skipped_oversized"] += 1
+        elif "\x00" in text:
+            counts["skipped_binary"] += 1
+        elif not text.strip():
+            counts["skipped_empty"] += 1
+        else:
+            h = content_hash(text)
+            if h in seen:
+                counts["skipped_duplicate"] += 1
+            else:
+                seen.add(h)
+                docs.append({"id": doc_id, "source": source, "hash": h, "text": text})
+
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.py")
+                       if not any(part in SKIP_DIRS or part.startswith(".") for part in p.relative_to(path).parts))
+        for p in files:
+            rel = str(p.relative_to(path))
+            try:
+                size = p.stat().st_size
+                if size > max_bytes:  # don't even read it
+                    counts["skipped_oversized"] += 1
+                    continue
+                data = p.read_bytes()
+            except OSError:
+                counts["skipped_unreadable"] += 1
+                continue
+            if b"\x00" in data:
+                counts["skipped_binary"] += 1
+                continue
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                counts["skipped_non_utf8"] += 1
+                continue
+            add(text, rel, rel, len(data))
+    elif path.is_file():
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    counts["skipped_non_utf8"] += 1
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    rec = None
+                if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                    counts["skipped_bad_record"] += 1
+                    continue
+                text = rec["text"]
+                add(text, str(rec.get("id", f"{path.name}:{lineno}")), str(rec.get("source", path.name)),
+                    len(text.encode("utf-8", "surrogatepass")))
+    else:
+        raise FilterError(f"input {path} is neither a directory of .py files nor a JSONL file")
+    counts["loaded"] = len(docs)
+    return docs, counts
+
+
+def stage_load(a):
+    t0 = time.time()
+    docs, counts = load_corpus(a.input, a.max_bytes)
+    if not docs:
+        raise FilterError(f"no usable documents in {a.input} ({dict(counts)})")
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    skipped = ", ".join(f"{k[8:]} {v}" for k, v in sorted(counts.items()) if k.startswith("skipped_")) or "none"
+    print(f"load: {len(docs)} documents from {a.input} (skipped: {skipped}) in {time.time() - t0:.1f} s"
+          f" -> {out / 'corpus.jsonl'}")
+    save_stats(out, "load", {"input": str(a.input), **counts})
+    return docs
+
+
+def read_corpus(out_dir):
+    path = Path(out_dir) / "corpus.jsonl"
+    if not path.exists():
+        raise FilterError(f"{path} not found: run `python filter.py load --out-dir={out_dir}` first")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def save_stats(out_dir, stage, stats):
+    """Each stage's numbers go under its name in stats.json, which the report reads."""
+    path = Path(out_dir) / "stats.json"
+    all_stats = json.loads(path.read_text()) if path.exists() else {}
+    all_stats[stage] = stats
+    path.write_text(json.dumps(all_stats, indent=2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Annotate: a small client for any OpenAI-compatible /v1/chat/completions server (OpenAI, vLLM, llama.cpp, Ollama)
+
+class LLMError(Exception):
+    """A request that still failed after all retries, or that retrying cannot fix (e.g. 400, 401)."""
+
+
+class LLMClient:
+    """Thread-safe chat-completions client with retries.
+
+    Retries with exponential backoff and full jitter on 429, 5xx, timeouts, dropped connections and bodies that
+    are not a JSON completion; honours Retry-After. Other 4xx fail at once. The API key is read from the
+    OPENAI_API_KEY environment variable and only ever put in the Authorization header."""
+
+    RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+    def __init__(self, base_url, model, concurrency=8, timeout=60.0, max_retries=6, backoff=0.5, max_backoff=30.0):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.stats = {"requests": 0, "retries": 0}
+        self._lock = threading.Lock()
+        self._local = threading.local()     # one requests.Session per thread: Session is not thread-safe
+        self._rng = random.Random()
+
+    def _session(self):
+        s = getattr(self._local, "session", None)
+        if s is None:
+            s = self._local.session = requests.Session()
+            key = os.environ.get("OPENAI_API_KEY")
+            if key:
+                s.headers["Authorization"] = f"Bearer {key}"
+        return s
+
+    def chat(self, messages, **params):
+        """POST one chat completion; returns the response JSON (a dict with "choices")."""
+        body = {"model": self.model, "messages": messages, **params}
+        url = f"{self.base_url}/chat/completions"
+        problem, retry_after = None, None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                with self._lock:
+                    self.stats["retries"] += 1
+                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * self._rng.random()
+                time.sleep(max(delay, retry_after or 0.0))
+            retry_after = None
+            with self._lock:
+                self.stats["requests"] += 1
+            try:
+                r = self._session().post(url, json=body, timeout=self.timeout)
+            except requests.Timeout:
+                problem = f"timed out after {self.timeout:g} s"
+                continue
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+                self._local.session.close()  # its pooled connection may be dead; start afresh
+                self._local.session = None
+                problem = f"connection error ({type(e).__name__})"
+                continue
+            if r.status_code in self.RETRY_STATUS:
+                problem = f"HTTP {r.status_code}"
+                retry_after = _retry_after_seconds(r.headers.get("Retry-After"), self.max_backoff)
+                continue
+            if r.status_code != 200:
+                raise LLMError(f"HTTP {r.status_code} from {url}: {r.text[:200]}")
+            try:
+                resp = r.json()
+                resp["choices"][0]["message"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                problem = f"response is not a chat completion: {r.text[:80]!r}"
+                continue
+            usage = resp.get("usage") or {}
+            with self._lock:
+                for k in ("prompt_tokens", "completion_tokens"):
+                    self.usage[k] += int(usage.get(k) or 0)
+            return resp
+        raise LLMError(f"{url}: gave up after {self.max_retries + 1} attempts; last: {problem}")
+
+    def map(self, fn, items):
+        """Run fn(item) on `concurrency` threads; yield (item, result or the exception raised) as each finishes.
+
+        Items are submitted a few at a time, so `items` can be a long generator."""
+        items = iter(items)
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            pending = {}
+
+            def submit_some():
+                while len(pending) < 2 * self.concurrency:
+                    try:
+                        item = next(items)
+                    except StopIteration:
+                        return
+                    pending[pool.submit(fn, item)] = item
+
+            submit_some()
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    item = pending.pop(fut)
+                    exc = fut.exception()
+                    yield item, (exc if exc is not None else fut.result())
+                submit_some()
+
+
+def _retry_after_seconds(value, cap):
+    try:
+        return min(cap, max(0.0, float(value)))
+    except (TypeError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Annotate: the judges
+
+# The paper's question (§2.1). The label scale is not stated: we ask for one digit 0-5 (a graded answer that a
+# small model can still give, and that logprobs turn into an expected value) and call >= 2.5 "high value".
+JUDGE_SYSTEM = "You are an experienced programming teacher. You answer with a single digit and nothing else."
+JUDGE_PROMPT = (
+    "Determine the educational value of the following code for a student whose goal is to learn basic coding "
+    "concepts.\n\n```python\n{code}\n```\n\n"
+    "Rate it from 0 (no educational value) to 5 (textbook quality: clear, self-contained, instructive). "
+    "Answer with a single digit from 0 to 5.")
+JUDGE_RETRY = "Answer with a single digit from 0 to 5 only."
+SCALE = 5
+CONTEXT_ERROR = re.compile(r"HTTP 400.*(context|too long|too many tokens)", re.I | re.S)
+DIGIT = re.compile(r"(?<![\d.])([0-5])(?!\d|\.\d)")  # "3", "3.", "3/5"; not "10" or "3.5"
+
+
+def parse_rating(content):
+    """The first standalone digit 0-5 near the start of the answer ("3", "Rating: 4", "2/5"), else None."""
+    m = DIGIT.search((content or "").strip()[:80])
+    return int(m.group(1)) if m else None
+
+
+def rating_from_logprobs(choice):
+    """Expected rating under the model's probabilities for the digit it answered, or None without logprobs.
+
+    Looks at the first generated token that is a digit 0-5 and renormalises the probability mass of the digit
+    tokens among its top_logprobs (" 3" and "3" count as the same digit)."""
+    for entry in ((choice.get("logprobs") or {}).get("content") or []):
+        token = (entry.get("token") or "").strip()
+        if len(token) != 1 or token not in "012345":
+            continue
+        mass = Counter()
+        for alt in entry.get("top_logprobs") or [entry]:
+            t = (alt.get("token") or "").strip()
+            if len(t) == 1 and t in "012345":
+                mass[int(t)] += math.exp(alt["logprob"])
+        total = sum(mass.values())
+        return sum(d * p for d, p in mass.items()) / total if total > 0 else None
+    return None
+
+
+class LLMJudge:
+    """Asks an OpenAI-compatible server the paper's question, at temperature 0, for one digit."""
+
+    def __init__(self, client, max_prompt_chars=MAX_PROMPT_CHARS, logprobs=True):
+        self.client = client
+        self.name = f"llm:{client.model}"
+        self.max_prompt_chars = max_prompt_chars
+        self.logprobs = logprobs
+        self.counts = Counter()
+        self._lock = threading.Lock()
+
+    def _ask(self, messages):
+        # room for a short sentence: small models tend to say "The educational value of this code is 3."
+        params = dict(temperature=0, max_tokens=12)
+        if self.logprobs:
+            params.update(logprobs=True, top_logprobs=10)
+        choice = self.client.chat(messages, **params)["choices"][0]
+        content = choice["message"].get("content") or ""
+        return content, parse_rating(content), rating_from_logprobs(choice)
+
+    def label(self, doc):
+        chars = self.max_prompt_chars
+        while True:  # a file too long for the server's context (dense data can be a token a character): cut more
+            try:
+                return self._label(doc, chars)
+            except LLMError as e:
+                if chars < 500 or not CONTEXT_ERROR.search(str(e)):
+                    raise
+                chars //= 2
+                with self._lock:
+                    self.counts["prompt_shortened"] += 1
+
+    def _label(self, doc, chars):
+        messages = [{"role": "system", "content": JUDGE_SYSTEM},
+                    {"role": "user", "content": JUDGE_PROMPT.format(code=doc["text"][:chars])}]
+        content, rating, graded = self._ask(messages)
+        if rating is None:  # malformed: ask once more, showing the model its answer; then give up, never guess
+            with self._lock:
+                self.counts["malformed_retried"] += 1
+            messages += [{"role": "assistant", "content": content}, {"role": "user", "content": JUDGE_RETRY}]
+            content, rating, graded = self._ask(messages)
+        rec = {"hash": doc["hash"], "id": doc["id"], "judge": self.name, "answer": content[:80]}
+        if rating is None:
+            return {**rec, "status": "unparseable", "rating": None, "score": None, "label": None}
+        score = (graded if graded is not None else rating) / SCALE
+        return {**rec, "status": "ok", "rating": rating, "score": round(score, 4),
+                "label": int(score >= LABEL_THRESHOLD)}
+
+    def map(self, docs):
+        return self.client.map(self.label, docs)
+
+
+class HeuristicJudge:
+    """STAND-IN for the LLM judge when no server is given: a transparent score, not the paper's method.
+
+    Weighted checks, each in [0, 1]: docstrings on the module, classes and functions (0.4); comment lines, full
+    marks from one per 7 code lines (0.15); meaningful names, i.e. over half of them longer than two characters
+    (0.15); real logic, i.e. functions or classes (0.1); moderate length, 20 to 500 code lines (0.2).
+    Auto-generated files score a fifth of that, and files that do not parse as Python get 0.1."""
+
+    name = "heuristic-stand-in"
+    AUTOGEN = re.compile(r"auto-?generated|automatically generated|generated (by|from|with)|do not edit|"
+                         r"don't edit", re.I)
+    SHORT_OK = {"i", "j", "k", "n", "x", "y", "_", "e", "f"}
+
+    def __init__(self):
+        self.counts = Counter()
+
+    def score(self, text):
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return 0.1
+        lines = [ln.strip() for ln in text.splitlines()]
+        code_lines = sum(1 for ln in lines if ln and not ln.startswith("#"))
+        comment_lines = sum(1 for ln in lines if ln.startswith("#"))
+        defs, names = [], []
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defs.append(n)
+                names.append(n.name)
+            elif isinstance(n, ast.Name):
+                names.append(n.id)
+            elif isinstance(n, ast.arg):
+                names.append(n.arg)
+        documented = sum(1 for n in [tree, *defs] if ast.get_docstring(n))
+        meaningful = sum(1 for s in names if len(s) >= 3 or s in self.SHORT_OK) / max(len(names), 1)
+        length = 1.0 if 20 <= code_lines <= 500 else (code_lines / 20 if code_lines < 20 else 500 / code_lines)
+        s = (0.4 * documented / (1 + len(defs))
+             + 0.15 * min(1.0, 7 * comment_lines / max(code_lines, 1))
+             + 0.15 * max(0.0, 2 * meaningful - 1)
+             + 0.1 * (1.0 if defs else 0.0)
+             + 0.2 * length)
+        if self.AUTOGEN.search("\n".join(lines[:30])):
+            s *= 0.2
+        return s
+
+    def label(self, doc):
+        score = self.score(doc["text"])
+        return {"hash": doc["hash"], "id": doc["id"], "judge": self.name, "status": "ok", "rating": None,
+                "score": round(score, 4), "label": int(score >= LABEL_THRESHOLD)}
+
+    def map(self, docs):
+        for d in docs:
+            yield d, self.label(d)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Annotate: the sample and the label cache
+
+def annotate(docs, labels_path, judge, n_annotate=N_ANNOTATE, seed=SEED):
+    """Label a random sample of `n_annotate` documents, appending each label to `labels_path` as it arrives.
+
+    The cache is keyed by content hash: labels already there are not asked again, so a killed run resumes where
+    it stopped. Requests that fail for good (LLMError) write nothing and are asked again on the next run.
+    Returns ({hash: label record} for the corpus, counts)."""
+    labels_path = Path(labels_path)
+    cached = {r["hash"]: r for r in read_jsonl_resumable(labels_path)}
+    other = {r.get("judge") for r in cached.values()} - {judge.name}
+    if other:
+        raise FilterError(f"{labels_path} holds labels from {sorted(map(str, other))}, not {judge.name}: "
+                          "pass another --labels file (or remove that one)")
+    sample = random.Random(seed).sample(docs, min(n_annotate, len(docs)))
+    todo = [d for d in sample if d["hash"] not in cached]
+    counts = Counter(cached=len(sample) - len(todo), asked=len(todo))
+    print(f"annotate: judge {judge.name}" + ("  (STAND-IN heuristic, not an LLM: pass --base-url for the paper's "
+                                             "LLM judge)" if isinstance(judge, HeuristicJudge) else "")
+          + f"; sample {len(sample)} of {len(docs)}, {counts['cached']} already in {labels_path}, {len(todo)} to ask")
+    progress = Progress("labels", len(todo))
+    t0 = time.time()
+    labels_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(labels_path, "a", encoding="utf-8") as f:
+        for doc, rec in judge.map(todo):  # written here, by one thread, in arrival order
+            if isinstance(rec, Exception):
+                counts["failed"] += 1
+                if counts["failed"] <= 3:
+                    print(f"  label failed for {doc['id']}: {rec}", file=sys.stderr)
+            else:
+                append_jsonl(f, rec)
+                cached[rec["hash"]] = rec
+                counts[rec["status"]] += 1
+            progress.update()
+    seconds = time.time() - t0
+    counts.update(judge.counts)
+    counts["labels_per_s"] = round((counts["ok"] + counts["unparseable"]) / seconds, 2) if todo and seconds else None
+    in_corpus = {d["hash"] for d in docs}
+    return {h: r for h, r in cached.items() if h in in_corpus}, counts
+
+
+def make_judge(a):
+    if not a.base_url:
+        return HeuristicJudge()
+    if not a.model:
+        raise FilterError("--model is required with --base-url (the model name the server serves)")
+    client = LLMClient(a.base_url, a.model, concurrency=a.concurrency, timeout=a.timeout, max_retries=a.max_retries)
+    return LLMJudge(client, a.max_prompt_chars, logprobs=not a.no_logprobs)
+
+
+def stage_annotate(a, docs=None):
+    docs = docs if docs is not None else read_corpus(a.out_dir)
+    judge = make_judge(a)
+    labels_path = Path(a.labels or Path(a.out_dir) / "labels.jsonl")
+    labels, counts = annotate(docs, labels_path, judge, a.n_annotate, a.seed)
+    usable = [r for r in labels.values() if r["label"] is not None]
+    stats = {"judge": judge.name, "labels_file": str(labels_path), "labelled": len(usable),
+             "positive": sum(r["label"] for r in usable), **counts}
+    if isinstance(judge, LLMJudge):
+        stats.update(concurrency=judge.client.concurrency, **judge.client.usage, **judge.client.stats)
+    rate = f", {counts['labels_per_s']} labels/s at concurrency {stats.get('concurrency', 1)}" \
+        if counts["labels_per_s"] else ""
+    print(f"annotate: {len(usable)} usable labels ({stats['positive']} positive), "
+          f"{counts['unparseable']} unparseable, {counts['failed']} failed{rate} -> {labels_path}")
+    save_stats(a.out_dir, "annotate", stats)
+    return labels
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. Embed
+
+class ModelEmbedder:
+    """The paper's features: the output embedding of a pretrained decoder, i.e. its final hidden states (after the
+    final LayerNorm, before the LM head) mean-pooled over each file's first `max_tokens` tokens."""
+
+    def __init__(self, ckpt, device=None, max_tokens=EMBED_MAX_TOKENS, batch_tokens=EMBED_BATCH_TOKENS):
+        self.ckpt = str(ckpt)
+        self.device = device
+        self.max_tokens = max_tokens
+        self.batch_tokens = batch_tokens
+        self.name = f"model:{Path(self.ckpt).name}"
+        self.id = uuid.uuid4().hex
+        self._model = None
+
+    def __getstate__(self):  # saved with the forest as a recipe (path and settings), never the weights
+        return {**self.__dict__, "_model": None}
+
+    def fit(self, texts):
+        return self
+
+    def transform(self, texts, progress=None):
+        import torch  # only this path needs torch and model.py; the offline default stays light
+        from model import get_tokenizer, load_model
+
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self._model is None:
+            self._model = load_model(self.ckpt, device=device)
+        model = self._model
+        T = min(self.max_tokens, model.config.block_size)
+        ids = [t[:T] for t in get_tokenizer().encode_batch(texts)]
+        out = np.zeros((len(ids), model.config.n_embd), dtype=np.float32)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths together: little padding
+        start = 0
+        while start < len(order):
+            longest = max(len(ids[order[start]]), 1)
+            batch = order[start:start + max(1, self.batch_tokens // longest)]
+            start += len(batch)
+            idx = torch.full((len(batch), longest), get_tokenizer().eot, dtype=torch.long)  # right padding
+            for row, i in enumerate(batch):
+                idx[row, :len(ids[i])] = torch.tensor(ids[i])
+            lengths = torch.tensor([max(len(ids[i]), 1) for i in batch])
+            mask = (torch.arange(longest)[None, :] < lengths[:, None]).float()          # (B, T)
+            with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                                 enabled=torch.device(device).type == "cuda"):
+                h = model.hidden_states(idx.to(device)).float()                          # (B, T, C)
+            # causal attention: padding on the right cannot change the positions before it, so masking the mean
+            # is all it takes for a file to embed the same alone or in a batch
+            mask = mask.to(h.device)
+            pooled = (h * mask[:, :, None]).sum(1) / mask.sum(1, keepdim=True)            # (B, C)
+            out[batch] = pooled.cpu().numpy()
+            if progress:
+                progress.update(len(batch))
+        return out
+
+
+class TfidfEmbedder:
+    """STAND-IN for the paper's model embeddings when no --embed-ckpt is given: hashed word uni+bigram TF-IDF,
+    reduced to `dims` dimensions by truncated SVD (LSA), so that the forest sees a few dense features."""
+
+    TOKENS = r"[A-Za-z_][A-Za-z0-9_]*|\d+|[^\sA-Za-z0-9_]"  # identifiers, numbers and single symbols
+
+    def __init__(self, dims=128, max_columns=2 ** 15, seed=SEED):
+        self.dims = dims
+        self.max_columns = max_columns
+        self.seed = seed
+        self.name = f"tfidf-svd{dims}-stand-in"
+        self.id = uuid.uuid4().hex
+        self.hasher = HashingVectorizer(token_pattern=self.TOKENS, lowercase=False, ngram_range=(1, 2),
+                                        n_features=2 ** 20, alternate_sign=False, norm=None)
+        self.tfidf = TfidfTransformer(sublinear_tf=True)
+        self.columns = self.svd = None
+
+    def fit_transform(self, texts):
+        x = self.hasher.transform(texts)                                      # (N, 2**20) sparse counts
+        # keep the n-grams found in the most files (at least two, when there are any such): the SVD's cost grows
+        # with the columns, and an n-gram seen once says nothing about similarity
+        df = x.getnnz(axis=0)
+        n = min(self.max_columns, int((df >= 2).sum()) or int((df > 0).sum()))
+        self.columns = np.sort(np.argsort(-df, kind="stable")[:n])
+        x = self.tfidf.fit_transform(x[:, self.columns])                      # (N, n)
+        self.svd = TruncatedSVD(max(1, min(self.dims, x.shape[0] - 1, n - 1)), random_state=self.seed)
+        return self.svd.fit_transform(x).astype(np.float32)                   # (N, dims)
+
+    def transform(self, texts, progress=None):
+        x = self.tfidf.transform(self.hasher.transform(texts)[:, self.columns])
+        return self.svd.transform(x).astype(np.float32)
+
+
+def corpus_digest(docs):
+    return hashlib.sha256("".join(d["hash"] for d in docs).encode()).hexdigest()[:24]
+
+
+def stage_embed(a, docs=None):
+    docs = docs if docs is not None else read_corpus(a.out_dir)
+    texts = [d["text"] for d in docs]
+    t0 = time.time()
+    if a.embed_ckpt:
+        embedder = ModelEmbedder(a.embed_ckpt, a.device, a.embed_max_tokens, a.embed_batch_tokens)
+        x = embedder.transform(texts, Progress("embedded", len(texts)))
+    else:
+        print("embed: no --embed-ckpt, so the model-free STAND-IN (hashed n-gram TF-IDF + SVD) replaces the "
+              "paper's code-model embeddings")
+        embedder = TfidfEmbedder(seed=a.seed)
+        x = embedder.fit_transform(texts)
+    seconds = time.time() - t0
+    out = Path(a.out_dir)
+    np.save(out / "embeddings.npy", x)
+    joblib.dump(embedder, out / "embedder.joblib")
+    stats = {"embedder": embedder.name, "embedder_id": embedder.id, "corpus": corpus_digest(docs),
+             "files": len(docs), "dims": int(x.shape[1]), "seconds": round(seconds, 2),
+             "files_per_s": round(len(docs) / seconds, 1)}
+    print(f"embed: {len(docs)} files -> {x.shape[1]}-dim {embedder.name} in {seconds:.1f} s "
+          f"({stats['files_per_s']} files/s) -> {out / 'embeddings.npy'}")
+    save_stats(out, "embed", stats)
+    return x, embedder
+
+
+def read_embeddings(out_dir, docs):
+    out = Path(out_dir)
+    stats = json.loads((out / "stats.json").read_text()).get("embed") if (out / "stats.json").exists() else None
+    if not stats or not (out / "embeddings.npy").exists():
+        raise FilterError(f"no embeddings in {out}: run `python filter.py embed --out-dir={out_dir}` first")
+    if stats["corpus"] != corpus_digest(docs):
+        raise FilterError(f"{out / 'embeddings.npy'} is of another corpus: run the embed stage again")
+    return np.load(out / "embeddings.npy"), joblib.load(out / "embedder.joblib")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. Fit
+
+def fit_forest(x, y, n_estimators=N_ESTIMATORS, test_fraction=TEST_FRACTION, seed=SEED):
+    """Random forest on labelled embeddings: metrics on a held-out split, then the forest refit on all labels.
+
+    The paper gives no forest settings; balanced class weights because "textbook quality" is usually the rarer
+    class, and a few samples per leaf against noisy labels."""
+    y = np.asarray(y)
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < 2:
+        raise FilterError(f"the labels need both classes, at least 2 of each, to fit a forest; got "
+                          f"{counts[0]} negative and {counts[1]} positive: label more files (--n-annotate)")
+
+    def forest():
+        return RandomForestClassifier(n_estimators=n_estimators, min_samples_leaf=2, class_weight="balanced_subsample",
+                                      n_jobs=-1, random_state=seed)
+
+    n_test = max(2, round(test_fraction * len(y)))
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=n_test, stratify=y, random_state=seed)
+    clf = forest().fit(x_tr, y_tr)
+    p = clf.predict_proba(x_te)[:, list(clf.classes_).index(1)]
+    pred = (p >= 0.5).astype(int)
+    metrics = {
+        "n_labelled": int(len(y)), "n_train": int(len(y_tr)), "n_test": int(len(y_te)),
+        "positive_fraction": round(float(y.mean()), 4),
+        "accuracy": round(float(accuracy_score(y_te, pred)), 4),
+        "majority_baseline_accuracy": round(float(max(y_te.mean(), 1 - y_te.mean())), 4),
+        "precision": round(float(precision_score(y_te, pred, zero_division=0)), 4),
+        "recall": round(float(recall_score(y_te, pred, zero_division=0)), 4),
+        "roc_auc": round(float(roc_auc_score(y_te, p)), 4) if len(set(y_te)) == 2 else None,
+    }
+    return forest().fit(x, y), metrics  # the saved forest learns from every label; the metrics came first
+
+
+def stage_fit(a, docs=None, labels=None, x=None, embedder=None):
+    docs = docs if docs is not None else read_corpus(a.out_dir)
+    if labels is None:
+        labels_path = Path(a.labels or Path(a.out_dir) / "labels.jsonl")
+        labels = {r["hash"]: r for r in read_jsonl_resumable(labels_path)}
+    if x is None:
+        x, embedder = read_embeddings(a.out_dir, docs)
+    rows = [(i, labels[d["hash"]]["label"]) for i, d in enumerate(docs)
+            if d["hash"] in labels and labels[d["hash"]]["label"] is not None]
+    if not rows:
+        raise FilterError("no usable labels for this corpus: run the annotate stage first")
+    idx, y = map(list, zip(*rows))
+    t0 = time.time()
+    clf, metrics = fit_forest(x[idx], y, a.n_estimators, a.test_fraction, a.seed)
+    metrics["fit_seconds"] = round(time.time() - t0, 2)
+    judge = next(iter(labels.values()))["judge"]
+    out = Path(a.out_dir)
+    joblib.dump({"forest": clf, "embedder": embedder, "judge": judge, "label_threshold": LABEL_THRESHOLD,
+                 "sklearn_version": sklearn.__version__, "metrics": metrics}, out / "forest.joblib")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    auc = f"{metrics['roc_auc']:.3f}" if metrics["roc_auc"] is not None else "n/a"
+    print(f"fit: random forest ({a.n_estimators} trees) on {metrics['n_train']} labels from {judge}; held out "
+          f"{metrics['n_test']}: accuracy {metrics['accuracy']:.3f} (majority baseline "
+          f"{metrics['majority_baseline_accuracy']:.3f}), precision {metrics['precision']:.3f}, recall "
+          f"{metrics['recall']:.3f}, ROC AUC {auc} -> {out / 'forest.joblib'}, {out / 'metrics.json'}")
+    save_stats(out, "fit", metrics)
+    return clf
+
+
+def load_forest(path):
+    """The saved bundle; joblib as scikit-learn recommends, loaded only from files you trust (it is a pickle)."""
+    bundle = joblib.load(path)
+    if bundle["sklearn_version"] != sklearn.__version__:
+        print(f"warning: {path} was saved with scikit-learn {bundle['sklearn_version']}, this is "
+              f"{sklearn.__version__}; refit if its scores look wrong", file=sys.stderr)
+    return bundle
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. Apply
+
+def select(scores, threshold=THRESHOLD, keep_fraction=KEEP_FRACTION):
+    """Indices of the files kept: the top `keep_fraction` by score if given, else those scoring >= threshold."""
+    if keep_fraction is not None:
+        k = round(keep_fraction * len(scores))
+        return np.sort(np.argsort(-scores, kind="stable")[:k])
+    return np.flatnonzero(scores >= threshold)
+
+
+def count_tokens(texts):
+    from model import get_tokenizer  # phi-1's own tokenizer, so the report's tokens are the ones train.py sees
+    return sum(map(len, get_tokenizer().encode_batch(texts)))
+
+
+def histogram(scores, bins=10, width=50):
+    counts, edges = np.histogram(scores, bins=bins, range=(0.0, 1.0))
+    top = max(counts.max(), 1)
+    return "\n".join(f"  {lo:.1f}-{hi:.1f} {'#' * round(width * c / top):<{width}} {c}"
+                     for lo, hi, c in zip(edges[:-1], edges[1:], counts))
+
+
+def first_lines(text, n=2, width=100):
+    lines = [ln for ln in text.splitlines() if ln.strip()][:n]
+    return " | ".join(ln.strip()[:width] for ln in lines)
+
+
+def stage_apply(a, docs=None, x=None, embedder=None):
+    docs = docs if docs is not None else read_corpus(a.out_dir)
+    out = Path(a.out_dir)
+    bundle = load_forest(a.forest or out / "forest.joblib")
+    t0 = time.time()
+    if x is None:
+        try:
+            x, embedder = read_embeddings(out, docs)
+        except FilterError:
+            x, embedder = None, None
+    if embedder is None or embedder.id != bundle["embedder"].id:  # a forest from elsewhere: embed as it did
+        print(f"apply: embedding {len(docs)} files with the forest's embedder {bundle['embedder'].name}")
+        x = bundle["embedder"].transform([d["text"] for d in docs], Progress("embedded", len(docs)))
+    t_embedded = time.time()
+    clf = bundle["forest"]
+    scores = clf.predict_proba(x)[:, list(clf.classes_).index(1)]
+    t_scored = time.time()
+    keep = select(scores, a.threshold, a.keep_fraction)
+    with open(out / "filtered.jsonl", "w", encoding="utf-8") as f:
+        for i in keep:
+            d = docs[i]
+            f.write(json.dumps({"text": d["text"], "score": round(float(scores[i]), 4), "source": d["source"],
+                                "id": d["id"]}, ensure_ascii=False) + "\n")
+    with open(out / "scores.jsonl", "w", encoding="utf-8") as f:  # every file's score, for other thresholds
+        for d, s in zip(docs, scores):
+            f.write(json.dumps({"id": d["id"], "hash": d["hash"], "score": round(float(s), 4)}) + "\n")
+    stats = {"files": len(docs), "kept": int(len(keep)), "threshold": a.threshold, "keep_fraction": a.keep_fraction,
+             "score_seconds": round(t_scored - t_embedded, 3),
+             "score_files_per_s": round(len(docs) / max(t_scored - t_embedded, 1e-9), 1)}
+    try:
+        t = time.time()
+        stats["tokens"] = count_tokens([d["text"] for d in docs])
+        stats["tokens_kept"] = count_tokens([docs[i]["text"] for i in keep])
+        stats["tokenize_seconds"] = round(time.time() - t, 2)
+    except ImportError:
+        print("apply: model.py not importable, so tokens are not counted", file=sys.stderr)
+    save_stats(out, "apply", stats)
+    report = make_report(out, docs, scores, keep, bundle)
+    (out / "report.txt").write_text(report + "\n")
+    print(report)
+    print(f"\nfilter.py: wrote {out / 'filtered.jsonl'} ({len(keep)} of {len(docs)} files; train.py reads it), "
+          f"report {out / 'report.txt'}, all outputs in {out}/")
+    return scores, keep
+
+
+def make_report(out, docs, scores, keep, bundle):
+    s = json.loads((out / "stats.json").read_text())
+    load, ann, emb, fit, app = (s.get(k, {}) for k in ("load", "annotate", "embed", "fit", "apply"))
+    skipped = ", ".join(f"{k[8:]} {v}" for k, v in sorted(load.items()) if k.startswith("skipped_")) or "none"
+    rank = np.argsort(-scores, kind="stable")
+    lines = [
+        "phi-1 quality filter report (§2.1)",
+        f"input: {load.get('input', '?')}: {len(docs)} files loaded (skipped: {skipped})",
+        f"judge: {bundle['judge']}" + ("  <- STAND-IN heuristic, not an LLM" if "stand-in" in bundle["judge"] else "")
+        + (f"; {ann.get('labelled')} usable labels ({ann.get('positive')} positive), {ann.get('unparseable', 0)} "
+           f"unparseable, {ann.get('failed', 0)} failed" if ann else ""),
+        f"features: {bundle['embedder'].name}"
+        + ("  <- STAND-IN for code-model embeddings" if "stand-in" in bundle["embedder"].name else ""),
+    ]
+    m = bundle["metrics"]
+    auc = f"{m['roc_auc']:.3f}" if m.get("roc_auc") is not None else "n/a"
+    lines.append(f"forest: held-out accuracy {m['accuracy']:.3f} (majority baseline "
+                 f"{m['majority_baseline_accuracy']:.3f}), precision {m['precision']:.3f}, recall {m['recall']:.3f}, "
+                 f"ROC AUC {auc} on {m['n_test']} files")
+    rule = f"top {app['keep_fraction']:.0%} by score" if app.get("keep_fraction") is not None \
+        else f"score >= {app.get('threshold')}"
+    lines.append(f"kept ({rule}): {len(keep)} of {len(docs)} files ({len(keep) / len(docs):.1%})")
+    if "tokens" in app:
+        lines[-1] += f", {app['tokens_kept']:,} of {app['tokens']:,} tokens ({app['tokens_kept'] / app['tokens']:.1%})"
+    lines += ["score histogram (files):", histogram(scores), "highest scored:"]
+    lines += [f"  {scores[i]:.3f} {docs[i]['id']}: {first_lines(docs[i]['text'])}" for i in rank[:3]]
+    lines += ["lowest scored:"]
+    lines += [f"  {scores[i]:.3f} {docs[i]['id']}: {first_lines(docs[i]['text'])}" for i in rank[::-1][:3]]
+    perf = ["performance (shared, loaded 2-core CPU machine unless stated):"]
+    if emb:
+        perf.append(f"  embed ({emb['embedder']}): {emb['files_per_s']} files/s ({emb['files']} files, "
+                    f"{emb['seconds']} s)")
+    if app:
+        perf.append(f"  score (forest predict_proba): {app['score_files_per_s']} files/s")
+    if ann.get("labels_per_s"):
+        perf.append(f"  annotate ({ann['judge']}): {ann['labels_per_s']} labels/s at concurrency "
+                    f"{ann.get('concurrency', 1)}")
+    return "\n".join(lines + perf)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line: one subcommand per stage, and `all` (the default)
+
+def stage_all(a):
+    t0 = time.time()
+    docs = stage_load(a)
+    labels = stage_annotate(a, docs)
+    x, embedder = stage_embed(a, docs)
+    stage_fit(a, docs, labels, x, embedder)
+    stage_apply(a, docs, x, embedder)
+    print(f"filter.py: all stages in {time.time() - t0:.0f} s")
+
+
+def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out-dir", default=OUT_DIR, help=f"where every stage reads and writes (default {OUT_DIR})")
+    common.add_argument("--seed", type=int, default=SEED)
+    common.add_argument("--labels", default=None, help="label cache (default OUT_DIR/labels.jsonl)")
+    load = argparse.ArgumentParser(add_help=False)
+    load.add_argument("--input", default=INPUT, help="directory of .py files or JSONL with a 'text' field "
+                                                     "(default: this Python's standard library)")
+    load.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="skip larger files")
+    ann = argparse.ArgumentParser(add_help=False)
+    ann.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; "
+                                                      "without it a heuristic stands in for the LLM judge")
+    ann.add_argument("--model", default=None, help="model name to ask for; the key comes from OPENAI_API_KEY")
+    ann.add_argument("--n-annotate", type=int, default=N_ANNOTATE, help="random sample of files to label")
+    ann.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    ann.add_argument("--timeout", type=float, default=TIMEOUT)
+    ann.add_argument("--max-retries", type=int, default=MAX_RETRIES)
+    ann.add_argument("--max-prompt-chars", type=int, default=MAX_PROMPT_CHARS)
+    ann.add_argument("--no-logprobs", action="store_true", help="don't ask for logprobs (for servers that refuse)")
+    emb = argparse.ArgumentParser(add_help=False)
+    emb.add_argument("--embed-ckpt", default=None, help="train.py checkpoint or HF Phi directory for the paper's "
+                                                        "embeddings; without it, a TF-IDF stand-in")
+    emb.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    emb.add_argument("--embed-max-tokens", type=int, default=EMBED_MAX_TOKENS)
+    emb.add_argument("--embed-batch-tokens", type=int, default=EMBED_BATCH_TOKENS)
+    fit = argparse.ArgumentParser(add_help=False)
+    fit.add_argument("--n-estimators", type=int, default=N_ESTIMATORS)
+    fit.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
+    app = argparse.ArgumentParser(add_help=False)
+    app.add_argument("--threshold", type=float, default=THRESHOLD, help="keep files whose score is >= this")
+    app.add_argument("--keep-fraction", type=float, default=KEEP_FRACTION, help="or keep this top fraction")
+    app.add_argument("--forest", default=None, help="a saved forest.joblib (default OUT_DIR/forest.joblib)")
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    for name, parents, fn, help_ in [
+            ("load", [load], stage_load, "1. read and deduplicate the corpus"),
+            ("annotate", [ann], stage_annotate, "2. label a random sample with the LLM judge"),
+            ("embed", [emb], stage_embed, "3. embed every file"),
+            ("fit", [fit], stage_fit, "4. fit the random forest on the labels"),
+            ("apply", [app], stage_apply, "5. score every file, write filtered.jsonl and the report"),
+            ("all", [load, ann, emb, fit, app], stage_all, "all five stages (the default)")]:
+        p = sub.add_parser(name, parents=[common, *parents], help=help_)
+        p.set_defaults(fn=fn)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("--") and argv[0] != "--help":  # flags alone mean `all`
+        argv = ["all", *argv]
+    a = parser.parse_args(argv)
+    if getattr(a, "keep_fraction", None) is not None and not 0 < a.keep_fraction <= 1:
+        parser.error("--keep-fraction must be in (0, 1]")
+    try:
+        a.fn(a)
+    except (FilterError, LLMError, OSError) as e:
+        sys.exit(f"filter.py: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("filter.py: interrupted (labels written so far are kept; run again to resume)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,468 @@
+"""Tests of filter.py: the LLM client against a misbehaving local server, the resumable label cache (a run killed
+with SIGKILL and resumed ends with the same labels), loading bad inputs, and the forest on a labelled toy corpus.
+
+The test of a real LLM server is opt-in: start `./serve_llm.sh`, then
+    PHI1_LLAMA_URL=http://127.0.0.1:8080/v1 python -m pytest -q tests/test_filter.py -k real
+"""
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+import filter as F
+from fake_openai import FakeOpenAIServer, HTTPError
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET = "sk-test-secret-0123456789"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A deterministic fake judge: the rating is a function of the code, so every run must give the same labels
+
+def code_of(messages):
+    user = next(m["content"] for m in messages if m["role"] == "user")
+    return user.split("```python\n", 1)[1].rsplit("\n```", 1)[0]
+
+
+def expected_rating(code):
+    return sum(map(ord, code)) % 6
+
+
+def judge_reply(messages, body):
+    code = code_of(messages)
+    retried = any(m["role"] == "assistant" for m in messages)
+    if "UNPARSEABLE" in code:
+        return "This code is quite nice, I would say."
+    if "MALFORMED_ONCE" in code and not retried:
+        return "Hmm, hard to say."
+    return f"{expected_rating(code)}"
+
+
+def make_docs(n, extra=()):
+    docs = [{"id": f"doc{i}", "source": "toy", "text": f"def f{i}(x):\n    return x * {i}\n"} for i in range(n)]
+    docs += [{"id": f"extra{i}", "source": "toy", "text": t} for i, t in enumerate(extra)]
+    for d in docs:
+        d["hash"] = F.content_hash(d["text"])
+    return docs
+
+
+def client(srv, **kw):
+    return F.LLMClient(srv.base_url, "fake", **{"concurrency": 4, "timeout": 5.0, "backoff": 0.01, **kw})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSONL cache
+
+def test_read_jsonl_resumable_repairs_a_torn_tail(tmp_path):
+    p = tmp_path / "labels.jsonl"
+    with open(p, "w") as f:
+        for i in range(3):
+            F.append_jsonl(f, {"i": i})
+        f.write('{"i": 3, "tor')          # a run killed mid-write
+    assert [r["i"] for r in F.read_jsonl_resumable(p)] == [0, 1, 2]
+    assert p.read_text().endswith('{"i": 2}\n')  # cut off, so appending goes on cleanly
+    with open(p, "a") as f:
+        F.append_jsonl(f, {"i": 3})
+    assert [r["i"] for r in F.read_jsonl_resumable(p)] == [0, 1, 2, 3]
+
+    with open(p, "a") as f:
+        f.write('{"i": 4}')               # whole record, only the newline lost: kept
+    assert [r["i"] for r in F.read_jsonl_resumable(p)] == [0, 1, 2, 3, 4]
+    assert p.read_text().endswith('{"i": 4}\n')
+
+    p.write_text('{"i": 0}\nnot json\n{"i": 2}\n')
+    with pytest.raises(ValueError, match=r"labels.jsonl:2:"):
+        F.read_jsonl_resumable(p)
+    assert F.read_jsonl_resumable(tmp_path / "missing.jsonl") == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LLM client
+
+def test_client_retries_through_every_fault(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    echo = lambda messages, body: messages[-1]["content"].upper()  # noqa: E731
+    with FakeOpenAIServer(echo, fault_rate=0.4, seed=1, slow_seconds=1.5) as srv:
+        c = client(srv, timeout=0.75, max_retries=12)
+        items = [f"item {i}" for i in range(40)]
+        got = {}
+        for item, resp in c.map(lambda s: c.chat([{"role": "user", "content": s}], temperature=0), items):
+            assert not isinstance(resp, Exception), resp
+            assert item not in got
+            got[item] = resp["choices"][0]["message"]["content"]
+        assert got == {s: s.upper() for s in items}
+        assert set(srv.fault_counts) == {"429", "500", "garbage", "slow", "drop"}
+        assert c.stats["retries"] >= sum(srv.fault_counts.values()) - 1
+        assert c.usage == {"prompt_tokens": 80, "completion_tokens": 80}  # 2 words each, successful answers only
+        assert all(h.get("Authorization") == f"Bearer {SECRET}" for h in srv.headers)
+
+
+def test_client_gives_up_after_max_retries_and_never_retries_a_bad_request():
+    with FakeOpenAIServer(lambda m, b: "x", fault_rate=1.0, faults=("500",)) as srv:
+        with pytest.raises(F.LLMError, match="gave up after 4 attempts; last: HTTP 500"):
+            client(srv, max_retries=3).chat([{"role": "user", "content": "hi"}])
+        assert len(srv.requests) == 4
+    with FakeOpenAIServer(lambda m, b: "x") as srv:
+        with pytest.raises(F.LLMError, match="HTTP 400"):
+            client(srv).chat(None)  # the server refuses a body without messages: retrying cannot help
+        assert len(srv.requests) == 1
+
+
+def test_parse_rating_and_graded_score_from_logprobs():
+    assert [F.parse_rating(s) for s in ["3", " 4\n", "Rating: 2", "2/5", "The value of this code is 0.", "10",
+                                        "seven", "", "3.5"]] == [3, 4, 2, 2, 0, None, None, None, None]
+    choice = {"logprobs": {"content": [
+        {"token": "Rating", "logprob": -0.1, "top_logprobs": []},
+        {"token": " 4", "logprob": math.log(0.5), "top_logprobs": [
+            {"token": " 4", "logprob": math.log(0.5)}, {"token": "2", "logprob": math.log(0.25)},
+            {"token": " 2", "logprob": math.log(0.15)}, {"token": "ok", "logprob": math.log(0.1)}]}]}}
+    assert F.rating_from_logprobs(choice) == pytest.approx((4 * 0.5 + 2 * 0.4) / 0.9)
+    assert F.rating_from_logprobs({"message": {"content": "4"}}) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Annotation: nothing lost, nothing duplicated, malformed answers retried once then recorded
+
+def test_annotate_through_a_faulty_server_loses_and_duplicates_nothing(tmp_path):
+    docs = make_docs(36, extra=["x = 1  # UNPARSEABLE\n", "y = 2  # MALFORMED_ONCE\n"])
+    labels_path = tmp_path / "labels.jsonl"
+    with FakeOpenAIServer(judge_reply, fault_rate=0.3, seed=3, slow_seconds=1.5) as srv:
+        judge = F.LLMJudge(client(srv, timeout=0.75, max_retries=12), logprobs=False)
+        labels, counts = F.annotate(docs, labels_path, judge, n_annotate=len(docs), seed=0)
+        assert sum(srv.fault_counts.values()) > 5
+    records = F.read_jsonl_resumable(labels_path)
+    assert sorted(r["hash"] for r in records) == sorted(d["hash"] for d in docs)  # each exactly once
+    by_id = {r["id"]: r for r in records}
+    for d in docs[:36]:
+        r = by_id[d["id"]]
+        assert r["status"] == "ok" and r["rating"] == expected_rating(d["text"]) and r["judge"] == "llm:fake"
+        assert r["label"] == int(r["rating"] / 5 >= 0.5)
+    assert by_id["extra0"]["status"] == "unparseable" and by_id["extra0"]["label"] is None
+    assert by_id["extra1"]["status"] == "ok"
+    assert counts["unparseable"] == 1 and counts["malformed_retried"] == 2 and counts["failed"] == 0
+
+    # a second run asks nothing; another judge's cache is refused rather than mixed
+    with FakeOpenAIServer(judge_reply) as srv:
+        _, counts = F.annotate(docs, labels_path, F.LLMJudge(client(srv)), n_annotate=len(docs))
+        assert counts["asked"] == 0 and srv.requests == []
+    with pytest.raises(F.FilterError, match="holds labels from"):
+        F.annotate(docs, labels_path, F.HeuristicJudge(), n_annotate=5)
+
+
+def test_logprobs_give_a_graded_score(tmp_path):
+    top = {"3": math.log(0.6), "5": math.log(0.3), "x": math.log(0.1)}
+    with FakeOpenAIServer(lambda m, b: ("3", top), logprobs=True) as srv:
+        labels, _ = F.annotate(make_docs(2), tmp_path / "l.jsonl", F.LLMJudge(client(srv)), n_annotate=2)
+        assert srv.requests[0]["logprobs"] is True and srv.requests[0]["temperature"] == 0
+    for r in labels.values():
+        assert r["rating"] == 3 and r["score"] == pytest.approx((3 * 0.6 + 5 * 0.3) / 0.9 / 5, abs=1e-4)
+
+
+def test_a_prompt_too_long_for_the_context_is_cut_until_it_fits(tmp_path):
+    def reply(messages, body):
+        if len(code_of(messages)) > 600:
+            raise HTTPError(400, "This model's maximum context length is 2048 tokens. However, you requested 3236")
+        return "4"
+
+    docs = make_docs(0, extra=["x = 1\n" * 1000, "y = 2\n"])
+    with FakeOpenAIServer(reply) as srv:
+        judge = F.LLMJudge(client(srv), max_prompt_chars=4000)
+        labels, counts = F.annotate(docs, tmp_path / "l.jsonl", judge, n_annotate=2)
+    assert [r["rating"] for r in labels.values()] == [4, 4] and counts["prompt_shortened"] == 3  # 4000 -> 500
+    with FakeOpenAIServer(lambda m, b: (_ for _ in ()).throw(HTTPError(400, "bad request: unknown field"))) as srv:
+        labels, counts = F.annotate(docs, tmp_path / "l2.jsonl", F.LLMJudge(client(srv)), n_annotate=2)
+        assert counts["failed"] == 2 and labels == {} and len(srv.requests) == 2  # other 400s: no retry, no label
+
+
+def test_killed_run_resumes_to_the_same_labels_without_asking_twice(tmp_path):
+    corpus = tmp_path / "corpus_in.jsonl"
+    with open(corpus, "w") as f:
+        for d in make_docs(50):
+            f.write(json.dumps({"text": d["text"], "id": d["id"]}) + "\n")
+
+    # the server stalls after `limit` answers, so the run is surely mid-way when it is killed
+    lock, gate, state = threading.Lock(), threading.Event(), {"served": 0, "limit": None}
+
+    def gated_reply(messages, body):
+        with lock:
+            state["served"] += 1
+            stall = state["limit"] is not None and state["served"] > state["limit"]
+        if stall:
+            gate.wait(30)
+        return judge_reply(messages, body)
+
+    with FakeOpenAIServer(gated_reply) as srv:
+        args = ["--out-dir", str(tmp_path / "out"), "--base-url", srv.base_url, "--model", "fake",
+                "--n-annotate", "40", "--concurrency", "2"]
+        F.main(["load", "--input", str(corpus), "--out-dir", str(tmp_path / "out")])
+        F.main(["annotate", *args, "--labels", str(tmp_path / "reference.jsonl")])  # uninterrupted
+
+        labels = tmp_path / "labels.jsonl"
+        cmd = [sys.executable, str(REPO / "filter.py"), "annotate", *args, "--labels", str(labels)]
+        env = {**os.environ, "OPENAI_API_KEY": SECRET}
+        state.update(served=0, limit=12)
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            if labels.exists() and labels.read_text().count("\n") >= 12:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        out1 = proc.communicate()[0].decode()
+        state["limit"] = None
+        gate.set()
+        assert proc.returncode == -signal.SIGKILL, out1
+        with open(labels, "a") as f:
+            f.write('{"hash": "0123ab", "id": "do')  # as if killed in the middle of a write
+        n_before = len(F.read_jsonl_resumable(labels))
+        assert n_before == 12
+
+        n_requests = len(srv.requests)
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert len(srv.requests) - n_requests == 40 - n_before  # only the missing ones were asked
+        assert f"{n_before} already in" in done.stdout
+
+    def canon(path):
+        return sorted(json.dumps(r, sort_keys=True) for r in F.read_jsonl_resumable(path))
+    assert canon(labels) == canon(tmp_path / "reference.jsonl")
+    assert len(canon(labels)) == 40
+    for text in (labels.read_text(), out1, done.stdout, done.stderr):
+        assert SECRET not in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading: bad inputs are counted, not fatal
+
+def test_load_counts_bad_inputs(tmp_path):
+    src = tmp_path / "src"
+    (src / "pkg" / "__pycache__").mkdir(parents=True)
+    (src / ".hidden").mkdir()
+    good = 'def add(a, b):\n    """Add two numbers."""\n    return a + b\n'
+    (src / "good.py").write_text(good)
+    (src / "pkg" / "copy.py").write_text(good)                       # exact duplicate
+    (src / "pkg" / "other.py").write_text("print('hello')\n")
+    (src / "empty.py").write_text("  \n\n")
+    (src / "binary.py").write_bytes(b"\x00\x01\x02PK")
+    (src / "latin1.py").write_bytes("name = 'caf\xe9'\n".encode("latin-1"))
+    (src / "huge.py").write_text("x = 1\n" * 2000)
+    (src / "pkg" / "__pycache__" / "junk.py").write_text("skipped = True\n")
+    (src / ".hidden" / "junk.py").write_text("skipped = True\n")
+    (src / "notes.txt").write_text("not python")
+    docs, counts = F.load_corpus(src, max_bytes=5000)
+    assert sorted(d["id"] for d in docs) == ["good.py", "pkg/other.py"]
+    assert {k: v for k, v in counts.items() if k.startswith("skipped")} == {
+        "skipped_duplicate": 1, "skipped_empty": 1, "skipped_binary": 1, "skipped_non_utf8": 1,
+        "skipped_oversized": 1}
+
+    jl = tmp_path / "so.jsonl"
+    with open(jl, "wb") as f:
+        f.write(json.dumps({"text": "Q: how do I reverse a list?\nA: use reversed(xs) or xs[::-1].",
+                            "id": "so-1", "source": "stackoverflow"}).encode() + b"\n")
+        f.write(b'{"text": "truncated\n')                             # malformed JSON
+        f.write(b'{"id": "no-text"}\n')                               # no text field
+        f.write(b'{"text": "caf\xe9"}\n')                             # not UTF-8
+        f.write(json.dumps({"text": ""}).encode() + b"\n")            # empty
+        f.write(json.dumps({"text": good}).encode() + b"\n\n")        # a plain record, and a blank line
+    docs, counts = F.load_corpus(jl)
+    assert [(d["id"], d["source"]) for d in docs] == [("so-1", "stackoverflow"), ("so.jsonl:6", "so.jsonl")]
+    assert counts["skipped_bad_record"] == 2 and counts["skipped_non_utf8"] == 1 and counts["skipped_empty"] == 1
+
+    with pytest.raises(SystemExit, match="filter.py: error: input .* is neither"):
+        F.main(["load", "--input", str(tmp_path / "nope"), "--out-dir", str(tmp_path / "out")])
+
+
+def test_heuristic_stand_in_prefers_documented_code():
+    j = F.HeuristicJudge()
+    assert j.score(TEXTBOOK[0].format(i=0, noun="price", verb="total")) >= 0.5
+    assert j.score(JUNK[0].format(i=0, noun="price", verb="total")) < 0.5
+    assert j.score("def broken(:\n") == 0.1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole pipeline on a toy corpus whose true classes are known
+
+TEXTBOOK = [
+    '''"""Small helpers about {noun}s, written to be read by beginners (lesson {i})."""
+
+
+def {verb}_{noun}s(values):
+    """Return the {verb} of a list of {noun}s.
+
+    We walk through the list once and keep a running result.
+    """
+    result = 0
+    # add every value to the running result
+    for value in values:
+        result = result + value
+    return result
+
+
+def count_{noun}s(values, limit):
+    """Count how many {noun}s are above `limit`."""
+    count = 0
+    for value in values:
+        # only values strictly above the limit count
+        if value > limit:
+            count += 1
+    return count
+
+
+def describe_{noun}s(values):
+    """Print a short summary of the {noun}s."""
+    total = {verb}_{noun}s(values)
+    print("number of {noun}s:", len(values))
+    print("{verb}:", total)
+    return total
+''',
+    '''"""A {noun} class that shows how objects keep state (lesson {i})."""
+
+
+class {Noun}Counter:
+    """Counts {noun}s one at a time.
+
+    Each call to `add` increases the count; `reset` starts again from zero.
+    """
+
+    def __init__(self, start=0):
+        """Create a counter that starts at `start`."""
+        self.count = start
+
+    def add(self, amount=1):
+        """Add `amount` {noun}s and return the new count."""
+        # negative amounts would make the count meaningless
+        if amount < 0:
+            raise ValueError("amount must not be negative")
+        self.count += amount
+        return self.count
+
+    def reset(self):
+        """Set the count back to zero."""
+        self.count = 0
+
+
+def {verb}_{noun}_demo():
+    """Show the counter in action."""
+    counter = {Noun}Counter()
+    counter.add(2)
+    counter.add()
+    # prints 3
+    print(counter.count)
+''',
+]
+JUNK = [
+    '''# Auto-generated by confgen {i}. Do not edit.
+CFG_{i} = {{"a{i}": {i}, "b": "x{i}", "c": [1, 2, 3], "d": None}}
+TBL_{i} = [{i}, {i}, 0, 0, 1, 0, 1, 1, 0, {i}]
+K{i}_A = 0x{i}F
+K{i}_B = "{noun}_{verb}_{i}"
+''',
+    '''import os,sys
+def f{i}(a,b,c):
+ q=a*b+c;r=q%{i}7
+ if r: q=q-r
+ return q,r
+def g{i}(a):
+ z=[f{i}(a,b,a) for b in range(9)]
+ return z
+X{i}=g{i}({i})
+''',
+]
+NOUNS = ["price", "score", "apple", "ticket", "grade", "distance", "reading", "sample", "vote", "step"]
+VERBS = ["total", "sum", "average", "maximum", "product"]
+
+
+def toy_corpus(n, seed):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        good = i % 2 == 0
+        template = rng.choice(TEXTBOOK if good else JUNK)
+        noun, verb = rng.choice(NOUNS), rng.choice(VERBS)
+        text = template.format(i=i, noun=noun, Noun=noun.title(), verb=verb)
+        rows.append({"id": f"{'good' if good else 'junk'}-{i}", "text": text, "source": "toy"})
+    return rows
+
+
+def test_pipeline_forest_beats_chance_and_writes_the_corpus(tmp_path):
+    jl = tmp_path / "toy.jsonl"
+    rows = toy_corpus(200, seed=0)
+    jl.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    out = tmp_path / "out"
+    F.main(["all", "--input", str(jl), "--out-dir", str(out), "--n-annotate", "120", "--n-estimators", "50"])
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_labelled"] == 120
+    assert metrics["roc_auc"] >= 0.9 and metrics["accuracy"] > metrics["majority_baseline_accuracy"]
+
+    # the files the judge never saw: the forest's scores separate the true classes
+    labelled = {r["id"] for r in F.read_jsonl_resumable(out / "labels.jsonl")}
+    scores = {r["id"]: r["score"] for r in map(json.loads, open(out / "scores.jsonl"))}
+    unseen = [i for i in scores if i not in labelled]
+    assert len(unseen) == 80
+    assert roc_auc_score([i.startswith("good") for i in unseen], [scores[i] for i in unseen]) >= 0.9
+
+    kept = [json.loads(line) for line in open(out / "filtered.jsonl")]
+    assert kept and all(set(r) == {"text", "score", "source", "id"} and r["score"] >= 0.5 for r in kept)
+    assert sum(r["id"].startswith("good") for r in kept) >= 0.9 * len(kept)
+    report = (out / "report.txt").read_text()
+    assert "STAND-IN" in report and "bad_record 1" in report and "score histogram" in report
+    assert "highest scored:" in report and "lowest scored:" in report
+
+    # the saved forest applied to another corpus, keeping a fraction: it embeds with its own saved embedder
+    jl2 = tmp_path / "toy2.jsonl"
+    jl2.write_text("".join(json.dumps(r) + "\n" for r in toy_corpus(40, seed=1)))
+    out2 = tmp_path / "out2"
+    F.main(["load", "--input", str(jl2), "--out-dir", str(out2)])
+    F.main(["apply", "--out-dir", str(out2), "--forest", str(out / "forest.joblib"), "--keep-fraction", "0.25"])
+    kept2 = [json.loads(line) for line in open(out2 / "filtered.jsonl")]
+    assert len(kept2) == 10 and all(r["id"].startswith("good") for r in kept2)
+
+
+def test_model_embeddings_are_mean_pooled_hidden_states(tmp_path):
+    torch = pytest.importorskip("torch")
+    model_py = pytest.importorskip("model")
+    from dataclasses import asdict
+    torch.manual_seed(0)
+    cfg = model_py.PhiConfig.from_preset("nano")
+    m = model_py.Phi(cfg).eval()
+    torch.save({"model": m.state_dict(), "model_args": asdict(cfg)}, tmp_path / "ckpt.pt")
+    texts = ["def add(a, b):\n    return a + b\n", "x = 1\n", "class A:\n    pass\n" * 5]
+    emb = F.ModelEmbedder(tmp_path / "ckpt.pt", device="cpu", batch_tokens=10_000)
+    x = emb.transform(texts)
+    assert x.shape == (3, cfg.n_embd)
+    tok = model_py.get_tokenizer()
+    with torch.no_grad():
+        for i, t in enumerate(texts):
+            ref = m.hidden_states(torch.tensor([tok.encode(t)]))[0].mean(0).numpy()  # alone, no padding
+            np.testing.assert_allclose(x[i], ref, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Opt-in: a real llama.cpp server (./serve_llm.sh)
+
+@pytest.mark.skipif(not os.environ.get("PHI1_LLAMA_URL"), reason="set PHI1_LLAMA_URL (see ./serve_llm.sh)")
+def test_real_llm_server_annotates(tmp_path):
+    docs = make_docs(0, extra=[r["text"] for r in toy_corpus(6, seed=2)])
+    c = F.LLMClient(os.environ["PHI1_LLAMA_URL"], os.environ.get("PHI1_LLAMA_MODEL", "smollm2"),
+                    concurrency=2, timeout=120)
+    t0 = time.time()
+    labels, counts = F.annotate(docs, tmp_path / "labels.jsonl", F.LLMJudge(c), n_annotate=6)
+    seconds = time.time() - t0
+    records = F.read_jsonl_resumable(tmp_path / "labels.jsonl")
+    print(f"\nreal server: {len(records)} labels in {seconds:.1f} s; {dict(counts)}; usage {c.usage}")
+    for r in records:
+        print(f"  {r['id']}: {r['status']} answer={r['answer']!r} rating={r['rating']} score={r['score']}")
+    assert sorted(r["hash"] for r in records) == sorted(d["hash"] for d in docs)
+    assert sum(r["status"] == "ok" for r in records) >= 1  # the plumbing works; the judgement of 135 M is poor
+    assert counts["failed"] == 0 and c.usage["prompt_tokens"] > 0
