@@ -26,9 +26,10 @@ import os
 import re
 import warnings
 from dataclasses import asdict, dataclass, fields
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 import torch
 import torch.nn as nn
@@ -104,13 +105,15 @@ class Tokenizer:
         num_workers = num_workers or os.cpu_count() or 1
         if num_workers == 1 or sum(map(len, texts)) < 1_000_000:
             return [self.encode(t, allow_eot) for t in texts]
-        # fork: the workers inherit this tokenizer instead of re-reading the rank file
+        # fork: the workers inherit this tokenizer instead of re-reading the rank file. They send back uint16
+        # arrays (every id is < 65536) because pickling Python int lists costs more than the encoding saves
         with multiprocessing.get_context("fork").Pool(num_workers) as pool:
-            return pool.starmap(_encode_one, ((t, allow_eot) for t in texts), chunksize=64)
+            arrays = pool.map(partial(_encode_to_array, allow_eot=allow_eot), texts, chunksize=1)
+        return [a.tolist() for a in arrays]
 
 
-def _encode_one(text, allow_eot):
-    return get_tokenizer().encode(text, allow_eot)
+def _encode_to_array(text, allow_eot):
+    return np.array(get_tokenizer().encode(text, allow_eot), dtype=np.uint16)
 
 
 @lru_cache(maxsize=None)
