@@ -1,0 +1,200 @@
+"""Tests for train.py on CPU: config parsing, data cache, loss falling, exact resume after SIGKILL, DDP (gloo) equal
+to gradient accumulation, bench mode, and one-line errors on bad input. Runs train.py in subprocesses with the
+"nano" preset on a ~100 kB corpus copied from the standard library."""
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = str(REPO / "train.py")
+# small and fast: 2 layers x 64 wide, 32-token sequences; no sample at the end
+NANO = ["--model=nano", "--block_size=32", "--batch_size=4", "--eval_iters=2", "--sample_tokens=0", "--log_interval=1"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """~100 kB of real Python: a few standard-library modules."""
+    root = tmp_path_factory.mktemp("corpus")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for name in ("json/__init__.py", "json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "shlex.py",
+                 "fnmatch.py", "bisect.py", "heapq.py", "colorsys.py", "glob.py", "queue.py"):
+        shutil.copy(stdlib / name, root / name.replace("/", "_"))
+    return root
+
+
+def run(args, cwd, timeout=240, torchrun=False):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun \
+        else [sys.executable]
+    return subprocess.run(launcher + [TRAIN, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def read_log(out_dir):
+    return [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------- config, schedule, batches (in-process)
+
+DEFAULTS = {k: getattr(train, k) for k in train.config_keys}
+
+
+def test_config_types_unknown_keys_recipes_and_files(tmp_path):
+    c = train.parse_config(["--max_iters=7", "--learning_rate=2e-4", "--compile=true", "--data=a,b"], DEFAULTS)
+    assert (c["max_iters"], c["learning_rate"], c["compile"], c["data"]) == (7, 2e-4, True, "a,b")
+    with pytest.raises(train.UserError, match="expected int"):
+        train.parse_config(["--max_iters=ten"], DEFAULTS)
+    with pytest.raises(train.UserError, match="did you mean learning_rate"):
+        train.parse_config(["--learning_rat=1"], DEFAULTS)
+    with pytest.raises(train.UserError, match="lr_schedule"):
+        train.parse_config(["--lr_schedule=step"], DEFAULTS)
+    # the paper's runs; explicit overrides win over the recipe
+    c = train.parse_config(["--recipe=pretrain", "--learning_rate=5e-4"], DEFAULTS)
+    assert (c["global_batch_size"], c["block_size"], c["warmup_iters"], c["weight_decay"], c["max_iters"]) == \
+        (1024, 2048, 750, 0.1, 36_000)
+    assert c["learning_rate"] == 5e-4 and c["dropout"] == 0.1 and c["keep_ckpts"] == "24000"
+    c = train.parse_config(["--recipe=finetune"], DEFAULTS)
+    assert (c["global_batch_size"], c["learning_rate"], c["warmup_iters"], c["weight_decay"], c["max_iters"],
+            c["ckpt_interval"], c["keep_ckpts"]) == (256, 1e-4, 50, 0.01, 6000, 1000, "all")
+    # a config file is literal `key = value` lines, below the command line
+    f = tmp_path / "run.py"
+    f.write_text('"""my run"""\nrecipe = "finetune"\nmax_iters = 5\nlearning_rate = 1\n')
+    c = train.parse_config([str(f), "--max_iters=9"], DEFAULTS)
+    assert (c["max_iters"], c["learning_rate"], c["warmup_iters"]) == (9, 1.0, 50)
+    f.write_text("max_iters = 'many'\n")
+    with pytest.raises(train.UserError, match="expected int"):
+        train.parse_config([str(f)], DEFAULTS)
+    # gradient accumulation from the global batch
+    assert train.derive_accumulation(1024, 8, 8, 1) == 16
+    assert train.derive_accumulation(256, 8, 1, 1) == 32
+    assert train.derive_accumulation(0, 8, 2, 3) == 3
+    with pytest.raises(train.UserError, match="multiple"):
+        train.derive_accumulation(1000, 8, 8, 1)
+
+
+def test_lr_schedule():
+    lr = lambda step, kind="linear": train.get_lr(step, 1e-3, 10, 110, 0.0, kind)
+    assert lr(1) == pytest.approx(1e-4) and lr(10) == pytest.approx(1e-3)
+    assert lr(60) == pytest.approx(5e-4) and lr(110) == 0.0 and lr(500) == 0.0
+    assert lr(60, "cosine") == pytest.approx(5e-4) and lr(35, "cosine") > lr(35)
+
+
+def test_batches_are_deterministic_and_documents_split_at_eot():
+    tokens = torch.arange(1000).numpy().astype("uint16")
+    x, y = train.get_batch(tokens, 4, 8, 1, 0, 5, 3)
+    x2, _ = train.get_batch(tokens, 4, 8, 1, 0, 5, 3)
+    x3, _ = train.get_batch(tokens, 4, 8, 1, 0, 5, 2)  # another micro-batch (or rank)
+    assert torch.equal(x, x2) and not torch.equal(x, x3)
+    assert torch.equal(y[:, :-1], x[:, 1:]) and x.dtype == torch.int64
+    eot = train.EOT
+    ids = train.document_ids(torch.tensor([[5, 6, eot, 7, eot, eot, 8]]))
+    assert ids.tolist() == [[0, 0, 1, 1, 2, 3, 3]]
+
+
+# ---------------------------------------------------------------------------- runs (subprocesses)
+
+def test_tiny_run_loss_falls_cache_reused_and_finetune(corpus, tmp_path):
+    r = ok(run([*NANO, f"--data={corpus}", "--out_dir=out", "--max_iters=30", "--eval_interval=15",
+                "--warmup_iters=5", "--learning_rate=1e-2", "--sample_tokens=8"], tmp_path))
+    assert "tokenizing" in r.stdout and "reusing cache" not in r.stdout and "sample" in r.stdout
+    log = read_log(tmp_path / "out")
+    assert [e["step"] for e in log] == list(range(31))
+    vals = [e["val_loss"] for e in log if "val_loss" in e]
+    assert len(vals) == 3 and vals[-1] < vals[0] - 2.0, vals  # from ~10.8 (uniform over 51200)
+    assert all(math.isfinite(e["loss"]) and e["tokens_per_s"] > 0 for e in log[1:])
+    ckpt = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 30 and ckpt["model_args"]["n_embd"] == 64 and ckpt["config"]["max_iters"] == 30
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
+    assert {"optimizer", "scaler", "rng", "data"} <= set(ckpt)
+    # the second run reuses the cache, and finetunes from the first one's weights with a fresh optimizer
+    r = ok(run([*NANO, f"--data={corpus}", "--out_dir=ft", "--max_iters=2", "--init_from=out/ckpt.pt",
+                "--doc_mask=True", "--recipe=finetune", "--global_batch_size=0", "--block_size=32",
+                "--batch_size=4", "--model=nano", "--ckpt_interval=1"], tmp_path))
+    assert "reusing cache" in r.stdout and "tokenizing" not in r.stdout
+    ft = read_log(tmp_path / "ft")
+    assert ft[0]["val_loss"] < vals[0] - 1.5  # starts from the pretrained weights, not from scratch
+    assert sorted(p.name for p in (tmp_path / "ft").glob("ckpt_*.pt")) == ["ckpt_000001.pt", "ckpt_000002.pt"]
+
+
+def test_resume_after_sigkill_repeats_the_same_losses(corpus, tmp_path):
+    common = [*NANO, f"--data={corpus}", "--batch_size=8", "--eval_interval=4", "--lr_decay_iters=12",
+              "--warmup_iters=3", "--dropout=0.1", "--learning_rate=3e-3"]  # dropout: the RNG state must resume too
+    ok(run([*common, "--out_dir=full", "--max_iters=12"], tmp_path))
+    # the same run, but far longer (with the same schedule up to step 12), killed after step 6
+    proc = subprocess.Popen([sys.executable, TRAIN, *common, "--out_dir=killed", "--max_iters=100000"],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_file = tmp_path / "killed" / "log.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        lines = log_file.read_text().splitlines() if log_file.exists() else []
+        if len(lines) >= 7:  # step 0's val loss and steps 1..6: past the checkpoint at step 4
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed_at = torch.load(tmp_path / "killed" / "ckpt.pt", weights_only=True)["step"]
+    assert 4 <= resumed_at < 12, f"killed too late (checkpoint at step {resumed_at})"
+    ok(run([*common, "--out_dir=killed", "--max_iters=12", "--init_from=resume"], tmp_path))
+    strip = lambda log: [(e["step"], e.get("loss"), e.get("val_loss")) for e in log]
+    assert strip(read_log(tmp_path / "killed")) == strip(read_log(tmp_path / "full"))  # bit-identical
+
+
+def test_ddp_two_processes_equal_one_with_twice_the_accumulation(corpus, tmp_path):
+    common = [*NANO, f"--data={corpus}", "--max_iters=3", "--warmup_iters=1", "--eval_interval=3"]
+    ok(run([*common, "--out_dir=single", "--gradient_accumulation_steps=4"], tmp_path))  # builds the cache
+    r = ok(run([*common, "--out_dir=ddp", "--gradient_accumulation_steps=2"], tmp_path, torchrun=True))
+    assert "2 process(es)" in r.stdout
+    single = torch.load(tmp_path / "single" / "ckpt.pt", weights_only=True)["model"]
+    ddp = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)["model"]
+    for k in single:
+        # summation order differs, and Adam normalizes gradients that are mathematically zero (the key bias);
+        # weights are ~0.02 and one step moves them up to lr = 3e-3, so 1e-5 still catches any real difference
+        torch.testing.assert_close(ddp[k], single[k], rtol=1e-4, atol=1e-5, msg=k)
+    losses = lambda d: [e["loss"] for e in read_log(tmp_path / d)[1:]]
+    assert losses("ddp") == pytest.approx(losses("single"), rel=1e-5)
+
+
+def test_bench_mode_runs_on_cpu(tmp_path):
+    r = ok(run(["--bench=True", "--model=nano", "--block_size=32", "--batch_size=2", "--bench_steps=2"], tmp_path))
+    assert "tokens/s" in r.stdout and "MFU n/a" in r.stdout
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "not_utf8", "bad_type", "unknown_key"])
+def test_bad_input_is_one_clear_line(case, tmp_path):
+    args = {"missing": ["--data=/no/such/dir"],
+            "empty": [f"--data={tmp_path / 'empty.py'}"],
+            "not_utf8": [f"--data={tmp_path / 'latin1.py'}"],
+            "bad_type": ["--max_iters=1.5"],
+            "unknown_key": ["--batchsize=4"]}[case]
+    (tmp_path / "empty.py").write_text("")
+    (tmp_path / "latin1.py").write_bytes("s = 'café'\n".encode("latin-1"))
+    r = run([*args, f"--cache_dir={tmp_path / 'cache'}"], tmp_path, timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train.py: error:"), r.stderr
+    expected = {"missing": "not found: /no/such/dir", "empty": "corpus is empty", "not_utf8": "not UTF-8",
+                "bad_type": "expected int", "unknown_key": "did you mean batch_size"}[case]
+    assert expected in lines[0]
+
+
+def test_resume_drops_log_lines_after_the_checkpoint(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 0, "val_loss": 9}\n{"step": 1, "loss": 8}\n{"step": 2, "loss": 7}\n{"step": 3, "lo')
+    train.truncate_log(log, 1)  # resuming from the step-1 checkpoint; step 3's line was cut short by the kill
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0, 1]
