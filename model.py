@@ -211,6 +211,8 @@ def document_mask(doc_ids):
     return causal & (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]
 
 
+if torch.cuda.is_available():  # the kernel is for GPUs; CPU-only users never pay for importing Triton
+    from attention_kernel import flash_attention, flash_attention_supported
 _warned_fallback = False
 
 
@@ -223,7 +225,6 @@ def attention(q, k, v, dropout_p=0.0, doc_ids=None, mask=None):
     """
     global _warned_fallback
     if q.is_cuda and mask is None:
-        from attention_kernel import flash_attention, flash_attention_supported
         if flash_attention_supported(q, k, v):
             return flash_attention(q, k, v, causal=True, doc_ids=doc_ids, dropout_p=dropout_p)
         if not _warned_fallback:
