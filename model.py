@@ -51,6 +51,7 @@ EOT = 50256  # <|endoftext|>, separates files in the training stream
 WHITESPACE_TOKENS = [" " * n for n in range(31, 1, -1)] + ["\t" * n for n in range(9, 1, -1)]  # ids 50257..50294
 # the regex engine is leftmost-first and greedy, which on runs of one character is exactly leftmost-longest
 WHITESPACE_RUN = re.compile(r" {2,31}|\t{2,9}")
+N_TOKENS = EOT + 1 + len(WHITESPACE_TOKENS)  # 50295 real ids; the model's vocabulary is padded to 51200
 
 
 class Tokenizer:
@@ -69,7 +70,7 @@ class Tokenizer:
         self.eot = EOT
         self.whitespace_id = {ws: EOT + 1 + i for i, ws in enumerate(WHITESPACE_TOKENS)}
         self.id_bytes = {i: ws.encode() for ws, i in self.whitespace_id.items()}
-        self.n_vocab = EOT + 1 + len(WHITESPACE_TOKENS)  # 50295
+        self.n_vocab = N_TOKENS
 
     def encode(self, text, allow_eot=False):
         # '<|endoftext|>' typed by a user is plain text; only the data pipeline may ask for the real separator
@@ -484,7 +485,7 @@ def cuda_graph(fn, *example_args):
 def sample_next_token(logits, temperature, top_k, top_p, generator):
     """(B, vocab) logits -> (B,) token ids: greedy at temperature 0, else sampled after top-k / top-p filtering."""
     logits = logits.float()
-    logits[:, get_tokenizer().n_vocab:] = float("-inf")  # the padding ids 50295..51199 are no tokens
+    logits[:, N_TOKENS:] = float("-inf")  # the padding ids 50295..51199 are no tokens
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
