@@ -6,20 +6,20 @@ embeddings of a pretrained code model predicts that label for every file. This f
 
   1. load      a directory of .py files, or JSONL with a "text" field (optional "id", "source"), exact duplicates
                dropped; binary, non-UTF-8, empty and oversized inputs are skipped and counted
-  2. annotate  an LLM judge over any OpenAI-compatible /v1/chat/completions server (--base-url, --model, key from
-               OPENAI_API_KEY) on a random sample (--n-annotate); labels go to a JSONL cache as they arrive, so a
-               killed run resumes. Without --base-url a transparent heuristic stands in (named so everywhere).
-  3. embed     mean-pooled final hidden states of a model.py model (--embed-ckpt: a train.py checkpoint or a
+  2. annotate  an LLM judge over any OpenAI-compatible /v1/chat/completions server (--base_url, --model, key from
+               OPENAI_API_KEY) on a random sample (--n_annotate); labels go to a JSONL cache as they arrive, so a
+               killed run resumes. Without --base_url a transparent heuristic stands in (named so everywhere).
+  3. embed     mean-pooled final hidden states of a model.py model (--embed_ckpt: a train.py checkpoint or a
                Hugging Face Phi directory), or without one a model-free stand-in: hashed n-gram TF-IDF + SVD
   4. fit       a random forest on the labelled files; held-out accuracy, precision, recall, ROC AUC
-  5. apply     score every file, keep those above --threshold (or the top --keep-fraction), write the JSONL that
+  5. apply     score every file, keep those above --threshold (or the top --keep_fraction), write the JSONL that
                train.py reads ({"text", "score", "source", "id"}) and a report
 
 Run:
   python filter.py                                   # all stages, offline, on the CPython standard library
-  python filter.py all --input=my_code/ --base-url=http://127.0.0.1:8080/v1 --model=smollm2 --n-annotate=500
-  python filter.py annotate --out-dir=out-filter ... # or one stage at a time, each reading the previous' files
-Outputs (in --out-dir, default out-filter/): corpus.jsonl, labels.jsonl, embeddings.npy, forest.joblib,
+  python filter.py all --input=my_code/ --base_url=http://127.0.0.1:8080/v1 --model=smollm2 --n_annotate=500
+  python filter.py annotate --out_dir=out-filter ... # or one stage at a time, each reading the previous' files
+Outputs (in --out_dir, default out-filter/): corpus.jsonl, labels.jsonl, embeddings.npy, forest.joblib,
 metrics.json, filtered.jsonl, report.txt, stats.json.
 """
 import argparse
@@ -28,6 +28,8 @@ import hashlib
 import json
 import math
 import os
+import platform
+import queue
 import random
 import re
 import sys
@@ -36,13 +38,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import joblib
 import numpy as np
 import requests
 import sklearn
+import urllib3
 from sklearn.decomposition import TruncatedSVD
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
@@ -244,7 +246,7 @@ def stage_load(a):
 def read_corpus(out_dir):
     path = Path(out_dir) / "corpus.jsonl"
     if not path.exists():
-        raise FilterError(f"{path} not found: run `python filter.py load --out-dir={out_dir}` first")
+        raise FilterError(f"{path} not found: run `python filter.py load --out_dir={out_dir}` first")
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
@@ -262,6 +264,11 @@ def save_stats(out_dir, stage, stats):
 
 class LLMError(Exception):
     """A request that still failed after all retries, or that retrying cannot fix (e.g. 400, 401)."""
+
+
+class ServerUnreachable(LLMError):
+    """Not one request has reached the server (refused, unknown host, connect timeout): a wrong URL or a server
+    that is not running, which no retry fixes. Fatal for the whole run, not one item's failure."""
 
 
 class LLMClient:
@@ -286,6 +293,7 @@ class LLMClient:
         self._lock = threading.Lock()
         self._local = threading.local()     # one requests.Session per thread: Session is not thread-safe
         self._rng = random.Random()
+        self.reached = False                # has any request had an HTTP answer? until then, refused = fatal
 
     def _session(self):
         s = getattr(self._local, "session", None)
@@ -312,14 +320,19 @@ class LLMClient:
                 self.stats["requests"] += 1
             try:
                 r = self._session().post(url, json=body, timeout=self.timeout)
-            except requests.Timeout:
-                problem = f"timed out after {self.timeout:g} s"
-                continue
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
                 self._local.session.close()  # its pooled connection may be dead; start afresh
                 self._local.session = None
+                cause = getattr(e.args[0] if e.args else None, "reason", None)
+                if not self.reached and isinstance(cause, urllib3.exceptions.ConnectTimeoutError):
+                    raise ServerUnreachable(f"cannot connect to {self.base_url} ({type(cause).__name__}): is the "
+                                            "server running, and is --base_url right?") from None
                 problem = f"connection error ({type(e).__name__})"
                 continue
+            except requests.Timeout:
+                problem = f"timed out after {self.timeout:g} s"
+                continue
+            self.reached = True
             if r.status_code in self.RETRY_STATUS:
                 problem = f"HTTP {r.status_code}"
                 retry_after = _retry_after_seconds(r.headers.get("Retry-After"), self.max_backoff)
@@ -342,27 +355,44 @@ class LLMClient:
     def map(self, fn, items):
         """Run fn(item) on `concurrency` threads; yield (item, result or the exception raised) as each finishes.
 
-        Items are submitted a few at a time, so `items` can be a long generator."""
-        items = iter(items)
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            pending = {}
+        Items are handed out a few at a time, so `items` can be a long generator, and a new request starts as
+        soon as any finishes. The threads are daemons: on Ctrl-C the caller stops at once and a request still
+        waiting on a slow server is abandoned, not waited for (ThreadPoolExecutor joins its threads at exit)."""
+        items, todo, done, stop = iter(items), queue.Queue(), queue.Queue(), object()
 
-            def submit_some():
-                while len(pending) < 2 * self.concurrency:
-                    try:
-                        item = next(items)
-                    except StopIteration:
-                        return
-                    pending[pool.submit(fn, item)] = item
+        def worker():
+            while (item := todo.get()) is not stop:
+                try:
+                    done.put((item, fn(item)))
+                except Exception as e:  # noqa: BLE001 -- handed to the caller, which decides
+                    done.put((item, e))
 
-            submit_some()
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    item = pending.pop(fut)
-                    exc = fut.exception()
-                    yield item, (exc if exc is not None else fut.result())
-                submit_some()
+        for _ in range(self.concurrency):
+            threading.Thread(target=worker, daemon=True).start()
+        pending = 0
+        try:
+            for item in items:
+                todo.put(item)
+                pending += 1
+                if pending == 2 * self.concurrency:
+                    yield self._result(done.get())
+                    pending -= 1
+            for _ in range(pending):
+                yield self._result(done.get())
+        finally:  # also when the caller stops early: queued items are dropped, running ones end on their own
+            try:
+                while True:
+                    todo.get_nowait()
+            except queue.Empty:
+                pass
+            for _ in range(self.concurrency):
+                todo.put(stop)
+
+    @staticmethod
+    def _result(item_and_result):
+        if isinstance(item_and_result[1], ServerUnreachable):
+            raise item_and_result[1]
+        return item_and_result
 
 
 def _retry_after_seconds(value, cap):
@@ -417,6 +447,8 @@ def rating_from_logprobs(choice):
 class LLMJudge:
     """Asks an OpenAI-compatible server the paper's question, at temperature 0, for one digit."""
 
+    MAX_TOKENS = 12  # room for a short sentence: small models tend to say "The educational value of this code is 3."
+
     def __init__(self, client, max_prompt_chars=MAX_PROMPT_CHARS, logprobs=True):
         self.client = client
         self.name = f"llm:{client.model}"
@@ -426,8 +458,7 @@ class LLMJudge:
         self._lock = threading.Lock()
 
     def _ask(self, messages):
-        # room for a short sentence: small models tend to say "The educational value of this code is 3."
-        params = dict(temperature=0, max_tokens=12)
+        params = dict(temperature=0, max_tokens=self.MAX_TOKENS)
         if self.logprobs:
             params.update(logprobs=True, top_logprobs=10)
         choice = self.client.chat(messages, **params)["choices"][0]
@@ -446,9 +477,19 @@ class LLMJudge:
                 with self._lock:
                     self.counts["prompt_shortened"] += 1
 
+    def messages(self, doc, chars):
+        return [{"role": "system", "content": JUDGE_SYSTEM},
+                {"role": "user", "content": JUDGE_PROMPT.format(code=doc["text"][:chars])}]
+
+    def cost(self, docs):
+        """Requests and tokens that labelling `docs` sends, before retries and malformed answers' second asks."""
+        from model import get_tokenizer  # phi-1's tokenizer as the estimate: the server's own is not known here
+        texts = [m["content"] for d in docs for m in self.messages(d, self.max_prompt_chars)]
+        return {"files": len(docs), "requests": len(docs), "completion_tokens": len(docs) * self.MAX_TOKENS,
+                "prompt_tokens": sum(map(len, get_tokenizer().encode_batch(texts))) if texts else 0}
+
     def _label(self, doc, chars):
-        messages = [{"role": "system", "content": JUDGE_SYSTEM},
-                    {"role": "user", "content": JUDGE_PROMPT.format(code=doc["text"][:chars])}]
+        messages = self.messages(doc, chars)
         content, rating, graded = self._ask(messages)
         if rating is None:  # malformed: ask once more, showing the model its answer; then give up, never guess
             with self._lock:
@@ -466,18 +507,54 @@ class LLMJudge:
         return self.client.map(self.label, docs)
 
 
+def data_lines(tree):
+    """Lines of a module spent on data literals: containers of 8 or more constants (tables, maps) and multi-line
+    strings that are not docstrings. Generated tables and codecs are mostly this."""
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and ast.get_docstring(n) is not None}
+    def constant(n):
+        if isinstance(n, ast.UnaryOp):
+            n = n.operand
+        if isinstance(n, (ast.List, ast.Tuple, ast.Set)):
+            return all(map(constant, n.elts))
+        if isinstance(n, ast.Dict):
+            return all(k is not None and constant(k) for k in n.keys) and all(map(constant, n.values))
+        return isinstance(n, ast.Constant)
+
+    spans = []
+    for n in ast.walk(tree):
+        table = isinstance(n, (ast.List, ast.Tuple, ast.Set, ast.Dict)) and len(
+            n.keys if isinstance(n, ast.Dict) else n.elts) >= 8 and constant(n)
+        text = (isinstance(n, ast.Constant) and isinstance(n.value, str) and n.end_lineno > n.lineno
+                and id(n) not in docstrings)
+        if table or text:
+            spans.append((n.lineno, n.end_lineno))
+    covered, last = 0, 0
+    for lo, hi in sorted(spans):  # union of the spans: nested literals count once
+        lo = max(lo, last + 1)
+        if hi >= lo:
+            covered += hi - lo + 1
+            last = hi
+    return covered
+
+
 class HeuristicJudge:
     """STAND-IN for the LLM judge when no server is given: a transparent score, not the paper's method.
 
-    Weighted checks, each in [0, 1]: docstrings on the module, classes and functions (0.4); comment lines, full
+    Weighted checks, each in [0, 1]: docstrings on the module, classes and functions (0.35); comment lines, full
     marks from one per 7 code lines (0.15); meaningful names, i.e. over half of them longer than two characters
-    (0.15); real logic, i.e. functions or classes (0.1); moderate length, 20 to 500 code lines (0.2).
-    Auto-generated files score a fifth of that, and files that do not parse as Python get 0.1."""
+    (0.15); logic, i.e. branches and loops, full marks from one per function (0.15); moderate length, 20 to 500
+    code lines (0.2). It teaches the forest the paper's criterion, so what has no lesson in it goes to the bottom:
+    auto-generated files and files that are mostly data literals (tables, codecs' maps) score a fifth of that,
+    files with no branch or loop at all (registration boilerplate, constants) half, and files that do not parse
+    as Python 0.1."""
 
     name = "heuristic-stand-in"
     AUTOGEN = re.compile(r"auto-?generated|automatically generated|generated (by|from|with)|do not edit|"
                          r"don't edit", re.I)
     SHORT_OK = {"i", "j", "k", "n", "x", "y", "_", "e", "f"}
+    LOGIC = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.Try, ast.With, ast.comprehension, ast.IfExp, ast.Match)
 
     def __init__(self):
         self.counts = Counter()
@@ -490,7 +567,7 @@ class HeuristicJudge:
         lines = [ln.strip() for ln in text.splitlines()]
         code_lines = sum(1 for ln in lines if ln and not ln.startswith("#"))
         comment_lines = sum(1 for ln in lines if ln.startswith("#"))
-        defs, names = [], []
+        defs, names, logic = [], [], 0
         for n in ast.walk(tree):
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 defs.append(n)
@@ -499,16 +576,20 @@ class HeuristicJudge:
                 names.append(n.id)
             elif isinstance(n, ast.arg):
                 names.append(n.arg)
+            elif isinstance(n, self.LOGIC):
+                logic += 1
         documented = sum(1 for n in [tree, *defs] if ast.get_docstring(n))
         meaningful = sum(1 for s in names if len(s) >= 3 or s in self.SHORT_OK) / max(len(names), 1)
         length = 1.0 if 20 <= code_lines <= 500 else (code_lines / 20 if code_lines < 20 else 500 / code_lines)
-        s = (0.4 * documented / (1 + len(defs))
+        s = (0.35 * documented / (1 + len(defs))
              + 0.15 * min(1.0, 7 * comment_lines / max(code_lines, 1))
              + 0.15 * max(0.0, 2 * meaningful - 1)
-             + 0.1 * (1.0 if defs else 0.0)
+             + 0.15 * min(1.0, logic / max(len(defs), 1))
              + 0.2 * length)
-        if self.AUTOGEN.search("\n".join(lines[:30])):
+        if self.AUTOGEN.search("\n".join(lines[:30])) or data_lines(tree) >= 0.5 * code_lines:
             s *= 0.2
+        elif not logic:
+            s *= 0.5
         return s
 
     def label(self, doc):
@@ -524,11 +605,12 @@ class HeuristicJudge:
 # ----------------------------------------------------------------------------------------------------------------
 # 2. Annotate: the sample and the label cache
 
-def annotate(docs, labels_path, judge, n_annotate=N_ANNOTATE, seed=SEED):
+def annotate(docs, labels_path, judge, n_annotate=N_ANNOTATE, seed=SEED, dry_run=False):
     """Label a random sample of `n_annotate` documents, appending each label to `labels_path` as it arrives.
 
     The cache is keyed by content hash: labels already there are not asked again, so a killed run resumes where
     it stopped. Requests that fail for good (LLMError) write nothing and are asked again on the next run.
+    With dry_run, only say what would be asked (and, for an LLM judge, its cost), and label nothing.
     Returns ({hash: label record} for the corpus, counts)."""
     labels_path = Path(labels_path)
     cached = {r["hash"]: r for r in read_jsonl_resumable(labels_path)}
@@ -539,9 +621,16 @@ def annotate(docs, labels_path, judge, n_annotate=N_ANNOTATE, seed=SEED):
     sample = random.Random(seed).sample(docs, min(n_annotate, len(docs)))
     todo = [d for d in sample if d["hash"] not in cached]
     counts = Counter(cached=len(sample) - len(todo), asked=len(todo))
-    print(f"annotate: judge {judge.name}" + ("  (STAND-IN heuristic, not an LLM: pass --base-url for the paper's "
+    print(f"annotate: judge {judge.name}" + ("  (STAND-IN heuristic, not an LLM: pass --base_url for the paper's "
                                              "LLM judge)" if isinstance(judge, HeuristicJudge) else "")
           + f"; sample {len(sample)} of {len(docs)}, {counts['cached']} already in {labels_path}, {len(todo)} to ask")
+    if isinstance(judge, LLMJudge):  # what the run will cost, before it costs anything
+        cost = judge.cost(todo)
+        print(f"annotate: will send {cost['requests']:,} requests ({cost['files']:,} files; a malformed answer is "
+              f"asked once more): ~{cost['prompt_tokens']:,} prompt tokens (phi-1 tokenizer, an estimate of the "
+              f"server's), at most {cost['completion_tokens']:,} completion tokens")
+    if dry_run:
+        return {}, counts
     progress = Progress("labels", len(todo))
     t0 = time.time()
     labels_path.parent.mkdir(parents=True, exist_ok=True)
@@ -567,7 +656,7 @@ def make_judge(a):
     if not a.base_url:
         return HeuristicJudge()
     if not a.model:
-        raise FilterError("--model is required with --base-url (the model name the server serves)")
+        raise FilterError("--model is required with --base_url (the model name the server serves)")
     client = LLMClient(a.base_url, a.model, concurrency=a.concurrency, timeout=a.timeout, max_retries=a.max_retries)
     return LLMJudge(client, a.max_prompt_chars, logprobs=not a.no_logprobs)
 
@@ -576,7 +665,9 @@ def stage_annotate(a, docs=None):
     docs = docs if docs is not None else read_corpus(a.out_dir)
     judge = make_judge(a)
     labels_path = Path(a.labels or Path(a.out_dir) / "labels.jsonl")
-    labels, counts = annotate(docs, labels_path, judge, a.n_annotate, a.seed)
+    labels, counts = annotate(docs, labels_path, judge, a.n_annotate, a.seed, a.dry_run)
+    if a.dry_run:
+        return labels
     usable = [r for r in labels.values() if r["label"] is not None]
     stats = {"judge": judge.name, "labels_file": str(labels_path), "labelled": len(usable),
              "positive": sum(r["label"] for r in usable), **counts}
@@ -587,6 +678,9 @@ def stage_annotate(a, docs=None):
     print(f"annotate: {len(usable)} usable labels ({stats['positive']} positive), "
           f"{counts['unparseable']} unparseable, {counts['failed']} failed{rate} -> {labels_path}")
     save_stats(a.out_dir, "annotate", stats)
+    if not usable:
+        raise FilterError(f"the judge gave no usable label ({counts['failed']} requests failed, "
+                          f"{counts['unparseable']} answers unparseable): nothing to fit a forest on")
     return labels
 
 
@@ -648,7 +742,7 @@ class ModelEmbedder:
 
 
 class TfidfEmbedder:
-    """STAND-IN for the paper's model embeddings when no --embed-ckpt is given: hashed word uni+bigram TF-IDF,
+    """STAND-IN for the paper's model embeddings when no --embed_ckpt is given: hashed word uni+bigram TF-IDF,
     reduced to `dims` dimensions by truncated SVD (LSA), so that the forest sees a few dense features."""
 
     TOKENS = r"[A-Za-z_][A-Za-z0-9_]*|\d+|[^\sA-Za-z0-9_]"  # identifiers, numbers and single symbols
@@ -692,7 +786,7 @@ def stage_embed(a, docs=None):
         embedder = ModelEmbedder(a.embed_ckpt, a.device, a.embed_max_tokens, a.embed_batch_tokens)
         x = embedder.transform(texts, Progress("embedded", len(texts)))
     else:
-        print("embed: no --embed-ckpt, so the model-free STAND-IN (hashed n-gram TF-IDF + SVD) replaces the "
+        print("embed: no --embed_ckpt, so the model-free STAND-IN (hashed n-gram TF-IDF + SVD) replaces the "
               "paper's code-model embeddings")
         embedder = TfidfEmbedder(seed=a.seed)
         x = embedder.fit_transform(texts)
@@ -702,18 +796,30 @@ def stage_embed(a, docs=None):
     joblib.dump(embedder, out / "embedder.joblib")
     stats = {"embedder": embedder.name, "embedder_id": embedder.id, "corpus": corpus_digest(docs),
              "files": len(docs), "dims": int(x.shape[1]), "seconds": round(seconds, 2),
-             "files_per_s": round(len(docs) / seconds, 1)}
+             "files_per_s": round(len(docs) / seconds, 1), "machine": this_machine(embedder)}
     print(f"embed: {len(docs)} files -> {x.shape[1]}-dim {embedder.name} in {seconds:.1f} s "
           f"({stats['files_per_s']} files/s) -> {out / 'embeddings.npy'}")
     save_stats(out, "embed", stats)
     return x, embedder
 
 
+def this_machine(embedder):
+    """Where the throughput figures come from, for the report: cores, the GPU if one embedded, and the load."""
+    gpu = ""
+    if isinstance(embedder, ModelEmbedder) and embedder._model is not None:
+        device = next(embedder._model.parameters()).device
+        if device.type == "cuda":
+            import torch
+            gpu = f", {torch.cuda.get_device_name(device)}"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{os.cpu_count()}-core {platform.machine()} {platform.system()}{gpu}, load average {load:.1f}"
+
+
 def read_embeddings(out_dir, docs):
     out = Path(out_dir)
     stats = json.loads((out / "stats.json").read_text()).get("embed") if (out / "stats.json").exists() else None
     if not stats or not (out / "embeddings.npy").exists():
-        raise FilterError(f"no embeddings in {out}: run `python filter.py embed --out-dir={out_dir}` first")
+        raise FilterError(f"no embeddings in {out}: run `python filter.py embed --out_dir={out_dir}` first")
     if stats["corpus"] != corpus_digest(docs):
         raise FilterError(f"{out / 'embeddings.npy'} is of another corpus: run the embed stage again")
     return np.load(out / "embeddings.npy"), joblib.load(out / "embedder.joblib")
@@ -731,7 +837,7 @@ def fit_forest(x, y, n_estimators=N_ESTIMATORS, test_fraction=TEST_FRACTION, see
     counts = np.bincount(y, minlength=2)
     if counts.min() < 2:
         raise FilterError(f"the labels need both classes, at least 2 of each, to fit a forest; got "
-                          f"{counts[0]} negative and {counts[1]} positive: label more files (--n-annotate)")
+                          f"{counts[0]} negative and {counts[1]} positive: label more files (--n_annotate)")
 
     def forest():
         return RandomForestClassifier(n_estimators=n_estimators, min_samples_leaf=2, class_weight="balanced_subsample",
@@ -893,7 +999,7 @@ def make_report(out, docs, scores, keep, bundle):
     lines += [f"  {scores[i]:.3f} {docs[i]['id']}: {first_lines(docs[i]['text'])}" for i in rank[:3]]
     lines += ["lowest scored:"]
     lines += [f"  {scores[i]:.3f} {docs[i]['id']}: {first_lines(docs[i]['text'])}" for i in rank[::-1][:3]]
-    perf = ["performance (shared, loaded 2-core CPU machine unless stated):"]
+    perf = [f"performance (on {emb.get('machine', 'an unrecorded machine')}):"]
     if emb:
         perf.append(f"  embed ({emb['embedder']}): {emb['files_per_s']} files/s ({emb['files']} files, "
                     f"{emb['seconds']} s)")
@@ -912,43 +1018,54 @@ def stage_all(a):
     t0 = time.time()
     docs = stage_load(a)
     labels = stage_annotate(a, docs)
+    if a.dry_run:
+        return
     x, embedder = stage_embed(a, docs)
     stage_fit(a, docs, labels, x, embedder)
     stage_apply(a, docs, x, embedder)
     print(f"filter.py: all stages in {time.time() - t0:.0f} s")
 
 
+def boolean(value):
+    """--flag=True / --flag=False, as every CLI of the project takes booleans."""
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+    return value.lower() in ("true", "1")
+
+
 def build_parser():
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out-dir", default=OUT_DIR, help=f"where every stage reads and writes (default {OUT_DIR})")
+    common.add_argument("--out_dir", default=OUT_DIR, help=f"where every stage reads and writes (default {OUT_DIR})")
     common.add_argument("--seed", type=int, default=SEED)
     common.add_argument("--labels", default=None, help="label cache (default OUT_DIR/labels.jsonl)")
     load = argparse.ArgumentParser(add_help=False)
     load.add_argument("--input", default=INPUT, help="directory of .py files or JSONL with a 'text' field "
                                                      "(default: this Python's standard library)")
-    load.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="skip larger files")
+    load.add_argument("--max_bytes", type=int, default=MAX_BYTES, help="skip larger files")
     ann = argparse.ArgumentParser(add_help=False)
-    ann.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; "
+    ann.add_argument("--base_url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; "
                                                       "without it a heuristic stands in for the LLM judge")
     ann.add_argument("--model", default=None, help="model name to ask for; the key comes from OPENAI_API_KEY")
-    ann.add_argument("--n-annotate", type=int, default=N_ANNOTATE, help="random sample of files to label")
+    ann.add_argument("--n_annotate", type=int, default=N_ANNOTATE, help="random sample of files to label")
     ann.add_argument("--concurrency", type=int, default=CONCURRENCY)
     ann.add_argument("--timeout", type=float, default=TIMEOUT)
-    ann.add_argument("--max-retries", type=int, default=MAX_RETRIES)
-    ann.add_argument("--max-prompt-chars", type=int, default=MAX_PROMPT_CHARS)
-    ann.add_argument("--no-logprobs", action="store_true", help="don't ask for logprobs (for servers that refuse)")
+    ann.add_argument("--max_retries", type=int, default=MAX_RETRIES)
+    ann.add_argument("--max_prompt_chars", type=int, default=MAX_PROMPT_CHARS)
+    ann.add_argument("--no_logprobs", action="store_true", help="don't ask for logprobs (for servers that refuse)")
+    ann.add_argument("--dry_run", type=boolean, nargs="?", const=True, default=False,
+                     help="only print how many requests and tokens annotating would send")
     emb = argparse.ArgumentParser(add_help=False)
-    emb.add_argument("--embed-ckpt", default=None, help="train.py checkpoint or HF Phi directory for the paper's "
+    emb.add_argument("--embed_ckpt", default=None, help="train.py checkpoint or HF Phi directory for the paper's "
                                                         "embeddings; without it, a TF-IDF stand-in")
     emb.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    emb.add_argument("--embed-max-tokens", type=int, default=EMBED_MAX_TOKENS)
-    emb.add_argument("--embed-batch-tokens", type=int, default=EMBED_BATCH_TOKENS)
+    emb.add_argument("--embed_max_tokens", type=int, default=EMBED_MAX_TOKENS)
+    emb.add_argument("--embed_batch_tokens", type=int, default=EMBED_BATCH_TOKENS)
     fit = argparse.ArgumentParser(add_help=False)
-    fit.add_argument("--n-estimators", type=int, default=N_ESTIMATORS)
-    fit.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
+    fit.add_argument("--n_estimators", type=int, default=N_ESTIMATORS)
+    fit.add_argument("--test_fraction", type=float, default=TEST_FRACTION)
     app = argparse.ArgumentParser(add_help=False)
     app.add_argument("--threshold", type=float, default=THRESHOLD, help="keep files whose score is >= this")
-    app.add_argument("--keep-fraction", type=float, default=KEEP_FRACTION, help="or keep this top fraction")
+    app.add_argument("--keep_fraction", type=float, default=KEEP_FRACTION, help="or keep this top fraction")
     app.add_argument("--forest", default=None, help="a saved forest.joblib (default OUT_DIR/forest.joblib)")
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -973,7 +1090,7 @@ def main(argv=None):
         argv = ["all", *argv]
     a = parser.parse_args(argv)
     if getattr(a, "keep_fraction", None) is not None and not 0 < a.keep_fraction <= 1:
-        parser.error("--keep-fraction must be in (0, 1]")
+        parser.error("--keep_fraction must be in (0, 1]")
     try:
         a.fn(a)
     except (FilterError, LLMError, OSError) as e:

@@ -202,9 +202,9 @@ def test_killed_run_resumes_to_the_same_labels_without_asking_twice(tmp_path):
         return judge_reply(messages, body)
 
     with FakeOpenAIServer(gated_reply) as srv:
-        args = ["--out-dir", str(tmp_path / "out"), "--base-url", srv.base_url, "--model", "fake",
-                "--n-annotate", "40", "--concurrency", "2"]
-        F.main(["load", "--input", str(corpus), "--out-dir", str(tmp_path / "out")])
+        args = ["--out_dir", str(tmp_path / "out"), "--base_url", srv.base_url, "--model", "fake",
+                "--n_annotate", "40", "--concurrency", "2"]
+        F.main(["load", "--input", str(corpus), "--out_dir", str(tmp_path / "out")])
         F.main(["annotate", *args, "--labels", str(tmp_path / "reference.jsonl")])  # uninterrupted
 
         labels = tmp_path / "labels.jsonl"
@@ -239,6 +239,86 @@ def test_killed_run_resumes_to_the_same_labels_without_asking_twice(tmp_path):
     assert len(canon(labels)) == 40
     for text in (labels.read_text(), out1, done.stdout, done.stderr):
         assert SECRET not in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ctrl-C, a dead server, and the cost printed up front
+
+def write_corpus(tmp_path, n):
+    corpus = tmp_path / "corpus_in.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d["text"], "id": d["id"]}) + "\n" for d in make_docs(n)))
+    F.main(["load", "--input", str(corpus), "--out_dir", str(tmp_path / "out")])
+    return tmp_path / "out"
+
+
+def test_ctrl_c_against_a_slow_server_stops_at_once_and_keeps_the_labels(tmp_path):
+    out = write_corpus(tmp_path, 30)
+    slow = {"after": 5, "served": 0}
+    lock = threading.Lock()
+
+    def reply(messages, body):  # five quick answers, then a server that takes 30 s per request
+        with lock:
+            slow["served"] += 1
+            stall = slow["served"] > slow["after"]
+        if stall:
+            time.sleep(30)
+        return judge_reply(messages, body)
+
+    with FakeOpenAIServer(reply) as srv:
+        cmd = [sys.executable, str(REPO / "filter.py"), "annotate", f"--out_dir={out}", f"--base_url={srv.base_url}",
+               "--model=fake", "--n_annotate=30", "--concurrency=2"]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and len(srv.requests) < 7:  # both threads are now stuck in slow requests
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        t0 = time.time()
+        stdout, stderr = proc.communicate(timeout=30)
+        seconds = time.time() - t0
+    assert seconds < 2.0, f"Ctrl-C took {seconds:.1f} s"
+    assert proc.returncode == 1 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("filter.py: interrupted") and "resume" in stderr
+    assert len(F.read_jsonl_resumable(out / "labels.jsonl")) == 5  # what was answered is kept
+
+
+def test_a_server_that_is_not_there_fails_fast_with_one_line(tmp_path):
+    import socket
+    out = write_corpus(tmp_path, 20)
+    with socket.socket() as s:                     # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    t0 = time.time()
+    done = subprocess.run([sys.executable, str(REPO / "filter.py"), "annotate", f"--out_dir={out}",
+                           f"--base_url={url}", "--model=fake", "--n_annotate=20"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert time.time() - t0 < 30  # no minutes of retries and backoff
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("filter.py: error: cannot connect to") and url in last
+
+
+def test_no_usable_label_is_a_failure(tmp_path):
+    out = write_corpus(tmp_path, 4)
+    with FakeOpenAIServer(lambda m, b: "I cannot rate code.") as srv:
+        with pytest.raises(SystemExit, match="filter.py: error: the judge gave no usable label"):
+            F.main(["annotate", f"--out_dir={out}", f"--base_url={srv.base_url}", "--model=fake"])
+
+
+def test_dry_run_prints_the_cost_and_sends_nothing(tmp_path, capsys):
+    out = write_corpus(tmp_path, 10)
+    with FakeOpenAIServer(judge_reply) as srv:
+        F.main(["all", f"--out_dir={out}", f"--base_url={srv.base_url}", "--model=fake", "--n_annotate=6",
+                "--dry_run=True", "--input", str(tmp_path / "corpus_in.jsonl")])
+        assert srv.requests == []
+    said = capsys.readouterr().out
+    assert "will send 6 requests (6 files" in said and "prompt tokens" in said and "at most 72 completion" in said
+    assert not (out / "labels.jsonl").exists() and not (out / "embeddings.npy").exists()
+    prompt_tokens = int(said.split("~")[1].split(" prompt")[0].replace(",", ""))
+    judge = F.LLMJudge(F.LLMClient("http://unused", "fake"))
+    docs = F.read_corpus(out)
+    sample = random.Random(0).sample(docs, 6)
+    assert prompt_tokens == judge.cost(sample)["prompt_tokens"] > 6 * 40  # the prompt's words are counted too
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -279,7 +359,7 @@ def test_load_counts_bad_inputs(tmp_path):
     assert counts["skipped_bad_record"] == 2 and counts["skipped_non_utf8"] == 1 and counts["skipped_empty"] == 1
 
     with pytest.raises(SystemExit, match="filter.py: error: input .* is neither"):
-        F.main(["load", "--input", str(tmp_path / "nope"), "--out-dir", str(tmp_path / "out")])
+        F.main(["load", "--input", str(tmp_path / "nope"), "--out_dir", str(tmp_path / "out")])
 
 
 def test_heuristic_stand_in_prefers_documented_code():
@@ -287,6 +367,24 @@ def test_heuristic_stand_in_prefers_documented_code():
     assert j.score(TEXTBOOK[0].format(i=0, noun="price", verb="total")) >= 0.5
     assert j.score(JUNK[0].format(i=0, noun="price", verb="total")) < 0.5
     assert j.score("def broken(:\n") == 0.1
+
+
+def test_heuristic_stand_in_puts_tables_and_codecs_at_the_bottom():
+    j = F.HeuristicJudge()
+    lesson = j.score(TEXTBOOK[0].format(i=0, noun="price", verb="total"))
+    table = '"""Character widths."""\n# one row per code point\nWIDTHS = {\n' + "".join(
+        f"    {i}: {i % 3},  # code point {i}\n" for i in range(300)) + "}\n"
+    codec = ("import codecs\n\n# decoding table\ndecoding_table = (\n" + "".join(
+        f"    '\\x{i:02x}'  # {i}\n" for i in range(256)) + ")\n\nclass Codec(codecs.Codec):\n"
+        "    def decode(self, data, errors='strict'):\n        return codecs.charmap_decode(data, errors, "
+        "decoding_table)\n")
+    registration = ("# A codec registered with the codecs module.\nimport codecs\nimport _codecs_hk\n\n"
+                    "codec = _codecs_hk.getcodec('big5hkscs')\n\n" + "".join(
+                        f"class Part{i}(codecs.Codec):\n    codec = codec\n    name = 'part{i}'\n\n"
+                        for i in range(8)) + "def getregentry():\n    return codecs.CodecInfo(name='x')\n")
+    for junk in (table, codec, registration):
+        assert j.score(junk) < 0.3 < lesson
+    assert F.data_lines(__import__("ast").parse(table)) == 302  # the dict's lines, not the docstring
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -399,7 +497,7 @@ def test_pipeline_forest_beats_chance_and_writes_the_corpus(tmp_path):
     rows = toy_corpus(200, seed=0)
     jl.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
     out = tmp_path / "out"
-    F.main(["all", "--input", str(jl), "--out-dir", str(out), "--n-annotate", "120", "--n-estimators", "50"])
+    F.main(["all", "--input", str(jl), "--out_dir", str(out), "--n_annotate", "120", "--n_estimators", "50"])
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_labelled"] == 120
@@ -418,13 +516,14 @@ def test_pipeline_forest_beats_chance_and_writes_the_corpus(tmp_path):
     report = (out / "report.txt").read_text()
     assert "STAND-IN" in report and "bad_record 1" in report and "score histogram" in report
     assert "highest scored:" in report and "lowest scored:" in report
+    assert f"performance (on {os.cpu_count()}-core " in report  # the machine it ran on, not a fixed phrase
 
     # the saved forest applied to another corpus, keeping a fraction: it embeds with its own saved embedder
     jl2 = tmp_path / "toy2.jsonl"
     jl2.write_text("".join(json.dumps(r) + "\n" for r in toy_corpus(40, seed=1)))
     out2 = tmp_path / "out2"
-    F.main(["load", "--input", str(jl2), "--out-dir", str(out2)])
-    F.main(["apply", "--out-dir", str(out2), "--forest", str(out / "forest.joblib"), "--keep-fraction", "0.25"])
+    F.main(["load", "--input", str(jl2), "--out_dir", str(out2)])
+    F.main(["apply", "--out_dir", str(out2), "--forest", str(out / "forest.joblib"), "--keep_fraction", "0.25"])
     kept2 = [json.loads(line) for line in open(out2 / "filtered.jsonl")]
     assert len(kept2) == 10 and all(r["id"].startswith("good") for r in kept2)
 
