@@ -43,11 +43,12 @@ from pathlib import Path
 import joblib
 import numpy as np
 import requests
+import scipy.sparse
 import sklearn
 import urllib3
 from sklearn.decomposition import TruncatedSVD
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
@@ -742,36 +743,70 @@ class ModelEmbedder:
 
 
 class TfidfEmbedder:
-    """STAND-IN for the paper's model embeddings when no --embed_ckpt is given: hashed word uni+bigram TF-IDF,
-    reduced to `dims` dimensions by truncated SVD (LSA), so that the forest sees a few dense features."""
+    """STAND-IN for the paper's model embeddings when no --embed_ckpt is given: TF-IDF of hashed token uni- and
+    bigrams, reduced to `dims` dimensions by truncated SVD (LSA), so that the forest sees a few dense features.
 
-    TOKENS = r"[A-Za-z_][A-Za-z0-9_]*|\d+|[^\sA-Za-z0-9_]"  # identifiers, numbers and single symbols
+    It looks at what the model embedder looks at, a file's first EMBED_MAX_TOKENS tokens of phi-1's tokenizer,
+    and everything after the tokenizer is array arithmetic, so it keeps up with a corpus of millions of files:
+    the columns, IDF weights and SVD are fit on a seeded sample of at most `fit_sample` files, then every file
+    is transformed in chunks."""
 
-    def __init__(self, dims=128, max_columns=2 ** 15, seed=SEED):
+    N_HASHED = 2 ** 20                     # hashed n-gram buckets, before keeping the most frequent columns
+    HEAD_CHARS = 8 * EMBED_MAX_TOKENS     # enough characters for the first EMBED_MAX_TOKENS tokens of code
+
+    def __init__(self, dims=128, max_columns=2 ** 14, fit_sample=5000, seed=SEED):
         self.dims = dims
         self.max_columns = max_columns
+        self.fit_sample = fit_sample
         self.seed = seed
         self.name = f"tfidf-svd{dims}-stand-in"
         self.id = uuid.uuid4().hex
-        self.hasher = HashingVectorizer(token_pattern=self.TOKENS, lowercase=False, ngram_range=(1, 2),
-                                        n_features=2 ** 20, alternate_sign=False, norm=None)
         self.tfidf = TfidfTransformer(sublinear_tf=True)
         self.columns = self.svd = None
 
-    def fit_transform(self, texts):
-        x = self.hasher.transform(texts)                                      # (N, 2**20) sparse counts
+    def counts(self, texts):
+        """(N, N_HASHED) sparse counts of each file's token unigrams and bigrams."""
+        from model import get_tokenizer  # phi-1's tokenizer; its tiktoken encoder runs on every core, GIL released
+        heads = [t[:self.HEAD_CHARS] for t in texts]
+        ids = [np.asarray(a[:EMBED_MAX_TOKENS], dtype=np.int64)
+               for a in get_tokenizer().codegen.encode_ordinary_batch(heads, num_threads=os.cpu_count() or 1)]
+        lengths = np.array([len(a) for a in ids])
+        flat = np.concatenate(ids) if ids else np.zeros(0, np.int64)                       # (L,) all tokens
+        row = np.repeat(np.arange(len(ids)), lengths)                                       # (L,) file of each
+        same = row[1:] == row[:-1]                                                         # bigram within a file
+        vocab = 1 << 16
+        keys = np.concatenate([flat, vocab + flat[:-1][same] * vocab + flat[1:][same]])     # unigram | bigram keys
+        rows = np.concatenate([row, row[1:][same]])
+        # Fibonacci hashing: multiply by 2**64 / golden ratio, keep the top 20 bits
+        cols = ((keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - 20)).astype(np.int64)
+        x = scipy.sparse.csr_matrix((np.ones(len(keys), np.float32), (rows, cols)), shape=(len(ids), self.N_HASHED))
+        x.sum_duplicates()
+        return x
+
+    def fit(self, texts):
+        rng = np.random.default_rng(self.seed)
+        sample = [texts[i] for i in np.sort(rng.permutation(len(texts))[:self.fit_sample])]
+        x = self.counts(sample)
         # keep the n-grams found in the most files (at least two, when there are any such): the SVD's cost grows
         # with the columns, and an n-gram seen once says nothing about similarity
         df = x.getnnz(axis=0)
         n = min(self.max_columns, int((df >= 2).sum()) or int((df > 0).sum()))
         self.columns = np.sort(np.argsort(-df, kind="stable")[:n])
-        x = self.tfidf.fit_transform(x[:, self.columns])                      # (N, n)
-        self.svd = TruncatedSVD(max(1, min(self.dims, x.shape[0] - 1, n - 1)), random_state=self.seed)
-        return self.svd.fit_transform(x).astype(np.float32)                   # (N, dims)
+        x = self.tfidf.fit_transform(x[:, self.columns])                      # (S, n)
+        self.svd = TruncatedSVD(max(1, min(self.dims, x.shape[0] - 1, n - 1)), random_state=self.seed).fit(x)
+        return self
 
-    def transform(self, texts, progress=None):
-        x = self.tfidf.transform(self.hasher.transform(texts)[:, self.columns])
-        return self.svd.transform(x).astype(np.float32)
+    def transform(self, texts, progress=None, chunk=4096):
+        out = []
+        for i in range(0, len(texts), chunk):
+            x = self.tfidf.transform(self.counts(texts[i:i + chunk])[:, self.columns])
+            out.append(self.svd.transform(x).astype(np.float32))              # (chunk, dims)
+            if progress:
+                progress.update(len(texts[i:i + chunk]))
+        return np.concatenate(out) if out else np.zeros((0, self.svd.n_components), np.float32)
+
+    def fit_transform(self, texts, progress=None):
+        return self.fit(texts).transform(texts, progress)
 
 
 def corpus_digest(docs):
@@ -789,7 +824,7 @@ def stage_embed(a, docs=None):
         print("embed: no --embed_ckpt, so the model-free STAND-IN (hashed n-gram TF-IDF + SVD) replaces the "
               "paper's code-model embeddings")
         embedder = TfidfEmbedder(seed=a.seed)
-        x = embedder.fit_transform(texts)
+        x = embedder.fit_transform(texts, Progress("embedded", len(texts)))
     seconds = time.time() - t0
     out = Path(a.out_dir)
     np.save(out / "embeddings.npy", x)
