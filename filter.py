@@ -2,25 +2,32 @@
 
 The paper filters The Stack + StackOverflow down to "textbook quality": GPT-4 labels a sample of files for their
 educational value for a student whose goal is to learn basic coding concepts, and a random forest over the output
-embeddings of a pretrained code model predicts that label for every file. This file does the whole of it:
+embeddings of a pretrained code model predicts that label for every file. This file does the whole of it, at the
+paper's scale (35 M files): every stage streams the corpus in shards of --shard_docs files, so memory does not
+grow with it, and a killed stage resumes without redoing finished shards.
 
-  1. load      a directory of .py files, or JSONL with a "text" field (optional "id", "source"), exact duplicates
-               dropped; binary, non-UTF-8, empty and oversized inputs are skipped and counted
+  1. load      any sources train.py reads (data.py: directories of .py files, JSONL, .jsonl.gz, Parquet as The
+               Stack ships it); exact duplicates dropped by content hash; binary, non-UTF-8, empty and oversized
+               inputs skipped and counted; written as corpus/00000.jsonl, ...
   2. annotate  an LLM judge over any OpenAI-compatible /v1/chat/completions server (--base_url, --model, key from
-               OPENAI_API_KEY) on a random sample (--n_annotate); labels go to a JSONL cache as they arrive, so a
-               killed run resumes. Without --base_url a transparent heuristic stands in (named so everywhere).
+               OPENAI_API_KEY) on a random sample (--n_annotate), its cost printed first (--dry_run=True: only
+               that); labels go to a JSONL cache as they arrive, so a killed run resumes. Without --base_url a
+               transparent heuristic stands in (named so everywhere).
   3. embed     mean-pooled final hidden states of a model.py model (--embed_ckpt: a train.py checkpoint or a
-               Hugging Face Phi directory), or without one a model-free stand-in: hashed n-gram TF-IDF + SVD
+               Hugging Face Phi directory), or without one a model-free stand-in: hashed n-gram TF-IDF + SVD.
+               Under torchrun every process embeds its own shards on its own GPU (shard k: rank k % world).
   4. fit       a random forest on the labelled files; held-out accuracy, precision, recall, ROC AUC
-  5. apply     score every file, keep those above --threshold (or the top --keep_fraction), write the JSONL that
-               train.py reads ({"text", "score", "source", "id"}) and a report
+  5. apply     score every shard (under torchrun too), keep the files above --threshold (or the top
+               --keep_fraction), write the JSONL that train.py reads ({"text", "score", "source", "id"}) and a report
 
 Run:
   python filter.py                                   # all stages, offline, on the CPython standard library
   python filter.py all --input=my_code/ --base_url=http://127.0.0.1:8080/v1 --model=smollm2 --n_annotate=500
-  python filter.py annotate --out_dir=out-filter ... # or one stage at a time, each reading the previous' files
-Outputs (in --out_dir, default out-filter/): corpus.jsonl, labels.jsonl, embeddings.npy, forest.joblib,
-metrics.json, filtered.jsonl, report.txt, stats.json.
+  python filter.py load --input=the-stack/data/python --out_dir=out-stack   # one stage at a time ...
+  torchrun --nproc_per_node=8 filter.py embed --out_dir=out-stack --embed_ckpt=codegen-350M-mono  # ... on 8 GPUs
+  python filter.py bench --n_files=200000            # throughput and peak memory on a generated corpus
+Outputs (in --out_dir, default out-filter/): corpus/, labels.jsonl, embedder.joblib, embeddings/, forest.joblib,
+metrics.json, scores/, filtered.jsonl, report.txt, stats.json.
 """
 import argparse
 import ast
@@ -32,12 +39,14 @@ import platform
 import queue
 import random
 import re
+import resource
+import shutil
 import sys
-import sysconfig
 import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import joblib
@@ -52,11 +61,14 @@ from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
+from data import DataError, Source
+from dedup import content_hash
+
 # ----------------------------------------------------------------------------------------------------------------
 # Defaults (most are command-line flags of the same name)
 
 OUT_DIR = "out-filter"
-INPUT = sysconfig.get_paths()["stdlib"]  # the offline default corpus: this Python's own standard library
+INPUT = "stdlib"             # the offline default corpus: this Python's standard library (data.py's reader)
 MAX_BYTES = 1_000_000        # larger files are data or generated code, not textbooks
 N_ANNOTATE = 1000            # the paper labelled ~100 k of 35 M files; the stdlib is small, so a larger share
 CONCURRENCY = 8              # parallel LLM requests
@@ -68,6 +80,7 @@ THRESHOLD = 0.5              # keep files whose forest score is >= this ...
 KEEP_FRACTION = None         # ... or, if set, the top fraction of files by score
 EMBED_MAX_TOKENS = 512       # tokens of each file fed to the embedding model (the paper does not say)
 EMBED_BATCH_TOKENS = 16384   # padded tokens per embedding batch
+SHARD_DOCS = 10_000          # documents per corpus shard: the unit of embedding, scoring, resuming, torchrun's split
 N_ESTIMATORS = 300
 TEST_FRACTION = 0.2          # held-out share of the labelled files for the printed metrics
 SEED = 0
@@ -78,7 +91,7 @@ class FilterError(Exception):
 
 
 class Progress:
-    """A progress line on stderr every couple of seconds, with rate and ETA."""
+    """A progress line on stderr every couple of seconds, with rate and ETA (rate alone when the total is unknown)."""
 
     def __init__(self, what, total):
         self.what, self.total, self.done = what, total, 0
@@ -90,8 +103,11 @@ class Progress:
         if now - self.last >= 2.0 or self.done == self.total:
             self.last = now
             rate = self.done / max(now - self.t0, 1e-9)
+            if self.total is None:
+                print(f"  {self.what}: {self.done:,} ({rate:,.1f}/s)", file=sys.stderr)
+                return
             eta = (self.total - self.done) / rate if rate else float("inf")
-            print(f"  {self.what}: {self.done}/{self.total} ({rate:.1f}/s, ETA {eta:.0f} s)", file=sys.stderr)
+            print(f"  {self.what}: {self.done:,}/{self.total:,} ({rate:,.1f}/s, ETA {eta:.0f} s)", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -146,110 +162,146 @@ def read_jsonl_resumable(path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 1. Load
-
-SKIP_DIRS = {"__pycache__", "site-packages", "dist-packages", "node_modules"}  # installed third-party code is not
-                                                                                # part of the corpus being filtered
+# 1. Load: every source read lazily (data.py, the reader train.py uses), exact duplicates dropped, shards written
 
 
-def content_hash(text):
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+class SeenHashes:
+    """The 64-bit content hashes seen so far, in 8 bytes each (a Python set of ints takes ~70): a sorted array
+    plus a small set of recent ones, merged into the array every `flush` hashes. 35 M files take 280 MB."""
+
+    def __init__(self, flush=1 << 20):
+        self.sorted, self.recent, self.flush = np.zeros(0, np.uint64), set(), flush
+
+    def add(self, h):
+        """Add h; return False if it was there already."""
+        i = np.searchsorted(self.sorted, h)
+        if h in self.recent or (i < len(self.sorted) and self.sorted[i] == h):
+            return False
+        self.recent.add(h)
+        if len(self.recent) >= self.flush:
+            self.sorted = np.union1d(self.sorted, np.fromiter(self.recent, np.uint64, len(self.recent)))
+            self.recent = set()
+        return True
 
 
-def load_corpus(path, max_bytes=MAX_BYTES):
-    """Documents [{"id", "source", "hash", "text"}] from a directory of .py files or a JSONL file, and the counts
-    of what was skipped. Exact duplicates (same content hash) keep their first occurrence."""
-    path = Path(path)
-    counts = Counter()
-    docs, seen = [], set()
-
-    def add(text, doc_id, source, size):
-        if size > max_bytes:
-            counts["skipped_oversized"] += 1
-        elif "\x00" in text:
-            counts["skipped_binary"] += 1
-        elif not text.strip():
-            counts["skipped_empty"] += 1
-        else:
-            h = content_hash(text)
-            if h in seen:
-                counts["skipped_duplicate"] += 1
+def corpus_docs(inputs, max_bytes, counts, text_column=""):
+    """{"id", "source", "hash", "text"} for each usable, first-seen document of the comma-separated sources, in
+    order; what is skipped is counted in `counts` (data.py's reasons, plus oversized, binary and duplicate)."""
+    seen = SeenHashes()
+    for spec in (s.strip() for s in str(inputs).split(",") if s.strip()):
+        try:
+            source = Source(spec, text_column)
+        except DataError as e:
+            raise FilterError(str(e)) from None
+        root, name = str(source.root) + os.sep, Path(spec).name or spec
+        for doc_id, text in source:
+            doc_id = doc_id[len(root):] if doc_id.startswith(root) else doc_id  # ids relative to the source
+            if len(text) > max_bytes or len(text.encode("utf-8")) > max_bytes:
+                counts["oversized"] += 1
+            elif "\x00" in text:
+                counts["binary"] += 1
             else:
-                seen.add(h)
-                docs.append({"id": doc_id, "source": source, "hash": h, "text": text})
+                h = content_hash(text)
+                if seen.add(np.uint64(int(h[:16], 16))):
+                    yield {"id": doc_id, "source": name, "hash": h, "text": text}
+                else:
+                    counts["duplicate"] += 1
+        counts.update(source.skipped)
 
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.py")
-                       if not any(part in SKIP_DIRS or part.startswith(".") for part in p.relative_to(path).parts))
-        for p in files:
-            rel = str(p.relative_to(path))
-            try:
-                size = p.stat().st_size
-                if size > max_bytes:  # don't even read it
-                    counts["skipped_oversized"] += 1
-                    continue
-                data = p.read_bytes()
-            except OSError:
-                counts["skipped_unreadable"] += 1
-                continue
-            if b"\x00" in data:
-                counts["skipped_binary"] += 1
-                continue
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                counts["skipped_non_utf8"] += 1
-                continue
-            add(text, rel, rel, len(data))
-    elif path.is_file():
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    counts["skipped_non_utf8"] += 1
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    rec = None
-                if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                    counts["skipped_bad_record"] += 1
-                    continue
-                text = rec["text"]
-                add(text, str(rec.get("id", f"{path.name}:{lineno}")), str(rec.get("source", path.name)),
-                    len(text.encode("utf-8", "surrogatepass")))
-    else:
-        raise FilterError(f"input {path} is neither a directory of .py files nor a JSONL file")
-    counts["loaded"] = len(docs)
-    return docs, counts
+
+def write_atomic(path, write):
+    """write(f) into path.tmp, then rename: a file is complete or absent, whenever the run is killed."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def jsonl_writer(records):
+    return lambda f: f.writelines((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in records)
 
 
 def stage_load(a):
+    """Shards corpus/00000.jsonl, ... of --shard_docs documents, each written atomically, and corpus/index.json
+    last, with a digest of every content hash. Loading is cheap next to embedding, so a killed load simply runs
+    again; the later stages key their shards by that digest and keep them while the corpus is the same."""
     t0 = time.time()
-    docs, counts = load_corpus(a.input, a.max_bytes)
+    corpus = Path(a.out_dir) / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    (corpus / "index.json").unlink(missing_ok=True)  # the shards are about to change: no stage may trust them
+    counts, shards, buf = Counter(), [], []
+    digest = hashlib.sha256(f"shard_docs={a.shard_docs}".encode())  # the same files cut otherwise: other shards
+    progress = Progress("loaded", None)
+
+    def flush():
+        path = corpus / f"{len(shards):05d}.jsonl"
+        write_atomic(path, jsonl_writer(buf))
+        shards.append({"file": path.name, "docs": len(buf)})
+        buf.clear()
+
+    for doc in corpus_docs(a.input, a.max_bytes, counts, a.text_column):
+        buf.append(doc)
+        digest.update(doc["hash"].encode())
+        progress.update()
+        if len(buf) == a.shard_docs:
+            flush()
+    if buf:
+        flush()
+    docs = sum(s["docs"] for s in shards)
     if not docs:
-        raise FilterError(f"no usable documents in {a.input} ({dict(counts)})")
-    out = Path(a.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "corpus.jsonl", "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps(d, ensure_ascii=False) + "\n")
-    skipped = ", ".join(f"{k[8:]} {v}" for k, v in sorted(counts.items()) if k.startswith("skipped_")) or "none"
-    print(f"load: {len(docs)} documents from {a.input} (skipped: {skipped}) in {time.time() - t0:.1f} s"
-          f" -> {out / 'corpus.jsonl'}")
-    save_stats(out, "load", {"input": str(a.input), **counts})
-    return docs
+        raise FilterError(f"no usable documents in {a.input} (skipped: {describe(counts) or 'nothing'})")
+    for stale in corpus.glob("*.jsonl"):  # shards of an earlier, larger corpus in the same out_dir
+        if stale.name not in {s["file"] for s in shards}:
+            stale.unlink()
+    index = {"input": str(a.input), "docs": docs, "shards": shards, "digest": digest.hexdigest()[:24],
+             "skipped": dict(counts)}
+    write_atomic(corpus / "index.json", lambda f: f.write(json.dumps(index, indent=1).encode()))
+    print(f"load: {docs:,} documents from {a.input} (skipped: {describe(counts) or 'none'}) in "
+          f"{time.time() - t0:.1f} s -> {len(shards)} shard(s) in {corpus}")
+    save_stats(a.out_dir, "load", {"input": str(a.input), "loaded": docs, "seconds": round(time.time() - t0, 2),
+                                   "shard_docs": a.shard_docs,
+                                   **{f"skipped {k}": v for k, v in counts.items()}})
+    return index
+
+
+def describe(counts):
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+
+
+def corpus_index(out_dir):
+    path = Path(out_dir) / "corpus" / "index.json"
+    if not path.exists():
+        raise FilterError(f"{path} not found: run `python filter.py load --out_dir={out_dir}` first")
+    return json.loads(path.read_text())
+
+
+def shard_docs(out_dir, shard):
+    with open(Path(out_dir) / "corpus" / shard["file"], encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def corpus_sample(out_dir, index, n, seed):
+    """A seeded random sample of n documents, read shard by shard: only the sample is held in memory."""
+    chosen = sorted(random.Random(seed).sample(range(index["docs"]), min(n, index["docs"])))
+    sample, start, pos = [], 0, 0
+    for shard in index["shards"]:
+        end = start + shard["docs"]
+        if pos < len(chosen) and chosen[pos] < end:
+            docs = shard_docs(out_dir, shard)
+            while pos < len(chosen) and chosen[pos] < end:
+                sample.append(docs[chosen[pos] - start])
+                pos += 1
+        start = end
+    return sample
 
 
 def read_corpus(out_dir):
-    path = Path(out_dir) / "corpus.jsonl"
-    if not path.exists():
-        raise FilterError(f"{path} not found: run `python filter.py load --out_dir={out_dir}` first")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    """Every document of a loaded corpus, in order: for small corpora and tests (the stages stream shards)."""
+    index = corpus_index(out_dir)
+    return [d for shard in index["shards"] for d in shard_docs(out_dir, shard)]
 
 
 def save_stats(out_dir, stage, stats):
@@ -257,7 +309,7 @@ def save_stats(out_dir, stage, stats):
     path = Path(out_dir) / "stats.json"
     all_stats = json.loads(path.read_text()) if path.exists() else {}
     all_stats[stage] = stats
-    path.write_text(json.dumps(all_stats, indent=2))
+    write_atomic(path, lambda f: f.write(json.dumps(all_stats, indent=2).encode()))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -662,11 +714,12 @@ def make_judge(a):
     return LLMJudge(client, a.max_prompt_chars, logprobs=not a.no_logprobs)
 
 
-def stage_annotate(a, docs=None):
-    docs = docs if docs is not None else read_corpus(a.out_dir)
+def stage_annotate(a):
+    index = corpus_index(a.out_dir)
+    docs = corpus_sample(a.out_dir, index, a.n_annotate, a.seed)  # only the sample is read into memory
     judge = make_judge(a)
     labels_path = Path(a.labels or Path(a.out_dir) / "labels.jsonl")
-    labels, counts = annotate(docs, labels_path, judge, a.n_annotate, a.seed, a.dry_run)
+    labels, counts = annotate(docs, labels_path, judge, len(docs), a.seed, a.dry_run)
     if a.dry_run:
         return labels
     usable = [r for r in labels.values() if r["label"] is not None]
@@ -686,11 +739,33 @@ def stage_annotate(a, docs=None):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 3. Embed
+# 3. Embed: every shard of the corpus, by as many processes as torchrun starts, each writing its own shards
+
+def head_ids(texts, max_tokens=EMBED_MAX_TOKENS):
+    """The first max_tokens phi-1 tokens of each text, tokenized on every core (tiktoken releases the GIL).
+    Only a text's first 8 characters per token are tokenized: code averages ~3, so the cut is never reached."""
+    from model import get_tokenizer
+    ids = []
+    for i in range(0, len(texts), 1024):  # tiktoken answers with lists of Python ints: a few of them at a time
+        heads = [t[:8 * max_tokens] for t in texts[i:i + 1024]]
+        ids += [np.asarray(a[:max_tokens], dtype=np.int64)
+                for a in get_tokenizer().codegen.encode_ordinary_batch(heads, num_threads=os.cpu_count() or 1)]
+    return ids
+
+
+def token_counts(texts):
+    """How many phi-1 tokens each text has: the tokens train.py will see."""
+    from model import get_tokenizer
+    encode = get_tokenizer().codegen.encode_ordinary_batch
+    return [len(a) for i in range(0, len(texts), 1024) for a in encode(texts[i:i + 1024], num_threads=os.cpu_count())]
+
 
 class ModelEmbedder:
     """The paper's features: the output embedding of a pretrained decoder, i.e. its final hidden states (after the
-    final LayerNorm, before the LM head) mean-pooled over each file's first `max_tokens` tokens."""
+    final LayerNorm, before the LM head) mean-pooled over each file's first `max_tokens` tokens.
+
+    Files are sorted by length and packed into batches of about `batch_tokens` tokens, in bf16 on GPUs. Embedding
+    takes token ids, so that stage_embed can tokenize the next shard while the model embeds this one."""
 
     def __init__(self, ckpt, device=None, max_tokens=EMBED_MAX_TOKENS, batch_tokens=EMBED_BATCH_TOKENS):
         self.ckpt = str(ckpt)
@@ -707,16 +782,23 @@ class ModelEmbedder:
     def fit(self, texts):
         return self
 
-    def transform(self, texts, progress=None):
-        import torch  # only this path needs torch and model.py; the offline default stays light
-        from model import get_tokenizer, load_model
-
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    def model(self):
+        import torch
+        from model import load_model
         if self._model is None:
+            local = os.environ.get("LOCAL_RANK", "0")  # under torchrun, each process on its own GPU
+            device = self.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
             self._model = load_model(self.ckpt, device=device)
-        model = self._model
-        T = min(self.max_tokens, model.config.block_size)
-        ids = [t[:T] for t in get_tokenizer().encode_batch(texts)]
+        return self._model
+
+    def tokens_per_file(self):
+        return min(self.max_tokens, self.model().config.block_size)
+
+    def embed(self, ids):
+        import torch
+        from model import EOT
+        model = self.model()
+        device = next(model.parameters()).device
         out = np.zeros((len(ids), model.config.n_embd), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths together: little padding
         start = 0
@@ -724,35 +806,33 @@ class ModelEmbedder:
             longest = max(len(ids[order[start]]), 1)
             batch = order[start:start + max(1, self.batch_tokens // longest)]
             start += len(batch)
-            idx = torch.full((len(batch), longest), get_tokenizer().eot, dtype=torch.long)  # right padding
+            idx = torch.full((len(batch), longest), EOT, dtype=torch.long)               # right padding
             for row, i in enumerate(batch):
-                idx[row, :len(ids[i])] = torch.tensor(ids[i])
+                idx[row, :len(ids[i])] = torch.from_numpy(ids[i])
             lengths = torch.tensor([max(len(ids[i]), 1) for i in batch])
             mask = (torch.arange(longest)[None, :] < lengths[:, None]).float()          # (B, T)
-            with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                                                 enabled=torch.device(device).type == "cuda"):
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 h = model.hidden_states(idx.to(device)).float()                          # (B, T, C)
             # causal attention: padding on the right cannot change the positions before it, so masking the mean
             # is all it takes for a file to embed the same alone or in a batch
             mask = mask.to(h.device)
             pooled = (h * mask[:, :, None]).sum(1) / mask.sum(1, keepdim=True)            # (B, C)
             out[batch] = pooled.cpu().numpy()
-            if progress:
-                progress.update(len(batch))
         return out
+
+    def transform(self, texts):
+        return self.embed(head_ids(texts, self.tokens_per_file()))
 
 
 class TfidfEmbedder:
     """STAND-IN for the paper's model embeddings when no --embed_ckpt is given: TF-IDF of hashed token uni- and
     bigrams, reduced to `dims` dimensions by truncated SVD (LSA), so that the forest sees a few dense features.
 
-    It looks at what the model embedder looks at, a file's first EMBED_MAX_TOKENS tokens of phi-1's tokenizer,
-    and everything after the tokenizer is array arithmetic, so it keeps up with a corpus of millions of files:
-    the columns, IDF weights and SVD are fit on a seeded sample of at most `fit_sample` files, then every file
-    is transformed in chunks."""
+    It looks at what the model embedder looks at, a file's first EMBED_MAX_TOKENS tokens, and everything after the
+    tokenizer is array arithmetic, so it keeps up with a corpus of millions of files: the columns, IDF weights and
+    SVD are fit on a seeded sample of at most `fit_sample` files, then every shard is transformed on its own."""
 
     N_HASHED = 2 ** 20                     # hashed n-gram buckets, before keeping the most frequent columns
-    HEAD_CHARS = 8 * EMBED_MAX_TOKENS     # enough characters for the first EMBED_MAX_TOKENS tokens of code
 
     def __init__(self, dims=128, max_columns=2 ** 14, fit_sample=5000, seed=SEED):
         self.dims = dims
@@ -764,13 +844,12 @@ class TfidfEmbedder:
         self.tfidf = TfidfTransformer(sublinear_tf=True)
         self.columns = self.svd = None
 
-    def counts(self, texts):
+    def tokens_per_file(self):
+        return EMBED_MAX_TOKENS
+
+    def counts(self, ids):
         """(N, N_HASHED) sparse counts of each file's token unigrams and bigrams."""
-        from model import get_tokenizer  # phi-1's tokenizer; its tiktoken encoder runs on every core, GIL released
-        heads = [t[:self.HEAD_CHARS] for t in texts]
-        ids = [np.asarray(a[:EMBED_MAX_TOKENS], dtype=np.int64)
-               for a in get_tokenizer().codegen.encode_ordinary_batch(heads, num_threads=os.cpu_count() or 1)]
-        lengths = np.array([len(a) for a in ids])
+        lengths = np.array([len(a) for a in ids], dtype=np.int64)
         flat = np.concatenate(ids) if ids else np.zeros(0, np.int64)                       # (L,) all tokens
         row = np.repeat(np.arange(len(ids)), lengths)                                       # (L,) file of each
         same = row[1:] == row[:-1]                                                         # bigram within a file
@@ -784,9 +863,7 @@ class TfidfEmbedder:
         return x
 
     def fit(self, texts):
-        rng = np.random.default_rng(self.seed)
-        sample = [texts[i] for i in np.sort(rng.permutation(len(texts))[:self.fit_sample])]
-        x = self.counts(sample)
+        x = self.counts(head_ids(texts))
         # keep the n-grams found in the most files (at least two, when there are any such): the SVD's cost grows
         # with the columns, and an n-gram seen once says nothing about similarity
         df = x.getnnz(axis=0)
@@ -796,46 +873,101 @@ class TfidfEmbedder:
         self.svd = TruncatedSVD(max(1, min(self.dims, x.shape[0] - 1, n - 1)), random_state=self.seed).fit(x)
         return self
 
-    def transform(self, texts, progress=None, chunk=4096):
+    def embed(self, ids, chunk=2048):
         out = []
-        for i in range(0, len(texts), chunk):
-            x = self.tfidf.transform(self.counts(texts[i:i + chunk])[:, self.columns])
+        for i in range(0, len(ids), chunk):  # a chunk's n-gram arrays are ~100 MB; a whole shard's would be GBs
+            x = self.tfidf.transform(self.counts(ids[i:i + chunk])[:, self.columns])
             out.append(self.svd.transform(x).astype(np.float32))              # (chunk, dims)
-            if progress:
-                progress.update(len(texts[i:i + chunk]))
         return np.concatenate(out) if out else np.zeros((0, self.svd.n_components), np.float32)
 
-    def fit_transform(self, texts, progress=None):
-        return self.fit(texts).transform(texts, progress)
+    def transform(self, texts):
+        return self.embed(head_ids(texts))
 
 
-def corpus_digest(docs):
-    return hashlib.sha256("".join(d["hash"] for d in docs).encode()).hexdigest()[:24]
+def rank_and_world():
+    """(rank, world size) under torchrun, else (0, 1). The ranks only meet at barriers, so gloo serves CPUs and
+    GPUs alike, on one node or many sharing the output directory."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), world
 
 
-def stage_embed(a, docs=None):
-    docs = docs if docs is not None else read_corpus(a.out_dir)
-    texts = [d["text"] for d in docs]
-    t0 = time.time()
-    if a.embed_ckpt:
-        embedder = ModelEmbedder(a.embed_ckpt, a.device, a.embed_max_tokens, a.embed_batch_tokens)
-        x = embedder.transform(texts, Progress("embedded", len(texts)))
-    else:
-        print("embed: no --embed_ckpt, so the model-free STAND-IN (hashed n-gram TF-IDF + SVD) replaces the "
-              "paper's code-model embeddings")
-        embedder = TfidfEmbedder(seed=a.seed)
-        x = embedder.fit_transform(texts, Progress("embedded", len(texts)))
-    seconds = time.time() - t0
+def barrier():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def shard_path(out_dir, kind, k, suffix):
+    return Path(out_dir) / kind / f"{k:05d}{suffix}"
+
+
+def the_embedder(a, index):
+    """The run's embedder, made (and fit) by rank 0 and saved as embedder.joblib before any shard is embedded;
+    reused, with the shards it already embedded, while the corpus and the choice of embedder stay the same."""
     out = Path(a.out_dir)
-    np.save(out / "embeddings.npy", x)
-    joblib.dump(embedder, out / "embedder.joblib")
-    stats = {"embedder": embedder.name, "embedder_id": embedder.id, "corpus": corpus_digest(docs),
-             "files": len(docs), "dims": int(x.shape[1]), "seconds": round(seconds, 2),
-             "files_per_s": round(len(docs) / seconds, 1), "machine": this_machine(embedder)}
-    print(f"embed: {len(docs)} files -> {x.shape[1]}-dim {embedder.name} in {seconds:.1f} s "
-          f"({stats['files_per_s']} files/s) -> {out / 'embeddings.npy'}")
-    save_stats(out, "embed", stats)
-    return x, embedder
+    path, rank = out / "embedder.joblib", rank_and_world()[0]
+    want = f"model:{Path(a.embed_ckpt).name}" if a.embed_ckpt else TfidfEmbedder(seed=a.seed).name
+    if rank == 0:
+        saved = joblib.load(path) if path.exists() else None
+        if not (saved and saved["corpus"] == index["digest"] and saved["embedder"].name == want):
+            shutil.rmtree(out / "embeddings", ignore_errors=True)  # another corpus's or embedder's shards
+            if a.embed_ckpt:
+                embedder = ModelEmbedder(a.embed_ckpt, a.device, a.embed_max_tokens, a.embed_batch_tokens)
+            else:
+                embedder = TfidfEmbedder(seed=a.seed)
+                print("embed: no --embed_ckpt, so the model-free STAND-IN (hashed n-gram TF-IDF + SVD) replaces "
+                      f"the paper's code-model embeddings; fit on a sample of up to {embedder.fit_sample:,} files")
+                embedder.fit([d["text"] for d in corpus_sample(out, index, embedder.fit_sample, a.seed)])
+            saved = {"corpus": index["digest"], "embedder": embedder}
+            write_atomic(path, lambda f: joblib.dump(saved, f))
+    barrier()
+    return joblib.load(path)["embedder"]
+
+
+def stage_embed(a):
+    """Embed every shard this rank owns (shard k belongs to rank k % world) that is not embedded yet, writing
+    embeddings/k.npy (float16). Reading and tokenizing the next shard overlaps with embedding this one."""
+    out, index = Path(a.out_dir), corpus_index(a.out_dir)
+    rank, world = rank_and_world()
+    embedder = the_embedder(a, index)
+    (out / "embeddings").mkdir(exist_ok=True)
+    mine = range(rank, len(index["shards"]), world)
+    todo = [k for k in mine if not shard_path(out, "embeddings", k, ".npy").exists()]
+    who = f"embed (rank {rank} of {world})" if world > 1 else "embed"
+    print(f"{who}: {embedder.name}; {len(mine) - len(todo)} of {len(mine)} shard(s) already embedded, "
+          f"{len(todo)} to do")
+    progress = Progress("embedded", sum(index["shards"][k]["docs"] for k in todo))
+    t0, files, tokens = time.time(), 0, 0
+
+    def read(k):
+        return head_ids([d["text"] for d in shard_docs(out, index["shards"][k])], embedder.tokens_per_file())
+
+    with ThreadPoolExecutor(1) as reader:
+        ahead = reader.submit(read, todo[0]) if todo else None
+        for i, k in enumerate(todo):
+            ids = ahead.result()
+            if i + 1 < len(todo):
+                ahead = reader.submit(read, todo[i + 1])
+            x = embedder.embed(ids)                                                 # (docs, dims)
+            write_atomic(shard_path(out, "embeddings", k, ".npy"), lambda f: np.save(f, x.astype(np.float16)))
+            files, tokens = files + len(ids), tokens + sum(map(len, ids))
+            progress.update(len(ids))
+    seconds = time.time() - t0
+    barrier()
+    stats = {"embedder": embedder.name, "embedder_id": embedder.id, "corpus": index["digest"], "world": world,
+             "files": files, "tokens": tokens, "seconds": round(seconds, 2),
+             "files_per_s": round(files / max(seconds, 1e-9), 1), "tokens_per_s": round(tokens / max(seconds, 1e-9)),
+             "machine": this_machine(embedder)}
+    print(f"{who}: {files:,} files, {tokens:,} tokens in {seconds:.1f} s ({stats['files_per_s']:,} files/s, "
+          f"{stats['tokens_per_s']:,} tokens/s) -> {out / 'embeddings'}/")
+    if rank == 0:
+        save_stats(out, "embed", stats)
+    return embedder
 
 
 def this_machine(embedder):
@@ -850,14 +982,14 @@ def this_machine(embedder):
     return f"{os.cpu_count()}-core {platform.machine()} {platform.system()}{gpu}, load average {load:.1f}"
 
 
-def read_embeddings(out_dir, docs):
-    out = Path(out_dir)
-    stats = json.loads((out / "stats.json").read_text()).get("embed") if (out / "stats.json").exists() else None
-    if not stats or not (out / "embeddings.npy").exists():
-        raise FilterError(f"no embeddings in {out}: run `python filter.py embed --out_dir={out_dir}` first")
-    if stats["corpus"] != corpus_digest(docs):
-        raise FilterError(f"{out / 'embeddings.npy'} is of another corpus: run the embed stage again")
-    return np.load(out / "embeddings.npy"), joblib.load(out / "embedder.joblib")
+def read_embeddings(out_dir, shards):
+    """The float32 embeddings of the given shard numbers, stacked; one clear error if any is missing."""
+    paths = [shard_path(out_dir, "embeddings", k, ".npy") for k in shards]
+    missing = [p for p in paths if not p.exists()]
+    if missing or not (Path(out_dir) / "embedder.joblib").exists():
+        raise FilterError(f"{len(missing)} embedding shard(s) missing in {Path(out_dir) / 'embeddings'}: run "
+                          f"`python filter.py embed --out_dir={out_dir}` first")
+    return np.concatenate([np.load(p).astype(np.float32) for p in paths]) if paths else np.zeros((0, 1), np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -895,26 +1027,28 @@ def fit_forest(x, y, n_estimators=N_ESTIMATORS, test_fraction=TEST_FRACTION, see
     return forest().fit(x, y), metrics  # the saved forest learns from every label; the metrics came first
 
 
-def stage_fit(a, docs=None, labels=None, x=None, embedder=None):
-    docs = docs if docs is not None else read_corpus(a.out_dir)
-    if labels is None:
-        labels_path = Path(a.labels or Path(a.out_dir) / "labels.jsonl")
-        labels = {r["hash"]: r for r in read_jsonl_resumable(labels_path)}
-    if x is None:
-        x, embedder = read_embeddings(a.out_dir, docs)
-    rows = [(i, labels[d["hash"]]["label"]) for i, d in enumerate(docs)
-            if d["hash"] in labels and labels[d["hash"]]["label"] is not None]
-    if not rows:
+def stage_fit(a):
+    out, index = Path(a.out_dir), corpus_index(a.out_dir)
+    labels_path = Path(a.labels or out / "labels.jsonl")
+    labels = {r["hash"]: r["label"] for r in read_jsonl_resumable(labels_path) if r["label"] is not None}
+    xs, y = [], []
+    for k, shard in enumerate(index["shards"]):  # the embeddings of the labelled files, a shard at a time
+        docs = shard_docs(out, shard)
+        rows = [i for i, d in enumerate(docs) if d["hash"] in labels]
+        if rows:
+            xs.append(read_embeddings(out, [k])[rows])
+            y += [labels[docs[i]["hash"]] for i in rows]
+    if not y:
         raise FilterError("no usable labels for this corpus: run the annotate stage first")
-    idx, y = map(list, zip(*rows))
+    embedder = joblib.load(out / "embedder.joblib")["embedder"]
     t0 = time.time()
-    clf, metrics = fit_forest(x[idx], y, a.n_estimators, a.test_fraction, a.seed)
+    clf, metrics = fit_forest(np.concatenate(xs), y, a.n_estimators, a.test_fraction, a.seed)
     metrics["fit_seconds"] = round(time.time() - t0, 2)
-    judge = next(iter(labels.values()))["judge"]
-    out = Path(a.out_dir)
-    joblib.dump({"forest": clf, "embedder": embedder, "judge": judge, "label_threshold": LABEL_THRESHOLD,
-                 "sklearn_version": sklearn.__version__, "metrics": metrics}, out / "forest.joblib")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    judge = read_jsonl_resumable(labels_path)[0]["judge"]
+    bundle = {"forest": clf, "id": uuid.uuid4().hex, "embedder": embedder, "judge": judge,
+              "label_threshold": LABEL_THRESHOLD, "sklearn_version": sklearn.__version__, "metrics": metrics}
+    write_atomic(out / "forest.joblib", lambda f: joblib.dump(bundle, f))
+    write_atomic(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
     auc = f"{metrics['roc_auc']:.3f}" if metrics["roc_auc"] is not None else "n/a"
     print(f"fit: random forest ({a.n_estimators} trees) on {metrics['n_train']} labels from {judge}; held out "
           f"{metrics['n_test']}: accuracy {metrics['accuracy']:.3f} (majority baseline "
@@ -934,7 +1068,7 @@ def load_forest(path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 5. Apply
+# 5. Apply: every shard scored by the rank that owns it, then the kept files written in corpus order
 
 def select(scores, threshold=THRESHOLD, keep_fraction=KEEP_FRACTION):
     """Indices of the files kept: the top `keep_fraction` by score if given, else those scoring >= threshold."""
@@ -942,11 +1076,6 @@ def select(scores, threshold=THRESHOLD, keep_fraction=KEEP_FRACTION):
         k = round(keep_fraction * len(scores))
         return np.sort(np.argsort(-scores, kind="stable")[:k])
     return np.flatnonzero(scores >= threshold)
-
-
-def count_tokens(texts):
-    from model import get_tokenizer  # phi-1's own tokenizer, so the report's tokens are the ones train.py sees
-    return sum(map(len, get_tokenizer().encode_batch(texts)))
 
 
 def histogram(scores, bins=10, width=50):
@@ -961,59 +1090,106 @@ def first_lines(text, n=2, width=100):
     return " | ".join(ln.strip()[:width] for ln in lines)
 
 
-def stage_apply(a, docs=None, x=None, embedder=None):
-    docs = docs if docs is not None else read_corpus(a.out_dir)
-    out = Path(a.out_dir)
+def score_shards(a, out, index, bundle):
+    """Write scores/k.jsonl ({"id", "hash", "score", "tokens"}) for this rank's shards that have none for this
+    forest; the tokens are phi-1's, so that the report's token counts are the ones train.py sees."""
+    rank, world = rank_and_world()
+    scores = out / "scores"
+    if rank == 0:
+        stamp = scores / "forest.json"
+        if not stamp.exists() or json.loads(stamp.read_text()) != {"forest": bundle["id"], "corpus": index["digest"]}:
+            shutil.rmtree(scores, ignore_errors=True)  # another forest's or corpus's scores
+            scores.mkdir()
+            stamp.write_text(json.dumps({"forest": bundle["id"], "corpus": index["digest"]}))
+    barrier()
+    saved = joblib.load(out / "embedder.joblib")["embedder"] if (out / "embedder.joblib").exists() else None
+    own = saved is not None and saved.id == bundle["embedder"].id  # else: a forest from elsewhere, embed as it did
+    if not own and rank == 0:
+        print(f"apply: embedding with the forest's embedder {bundle['embedder'].name}")
+    # one thread: scikit-learn sums the trees' probabilities in the order threads finish, which would make the
+    # last bits of a score (and so a file at the threshold) depend on the run
+    clf = bundle["forest"].set_params(n_jobs=1)
+    todo = [k for k in range(rank, len(index["shards"]), world) if not shard_path(out, "scores", k, ".jsonl").exists()]
+    progress = Progress("scored", sum(index["shards"][k]["docs"] for k in todo))
+    for k in todo:
+        docs = shard_docs(out, index["shards"][k])
+        texts = [d["text"] for d in docs]
+        x = read_embeddings(out, [k]) if own else bundle["embedder"].transform(texts)
+        p = clf.predict_proba(x)[:, list(clf.classes_).index(1)]
+        tokens = token_counts(texts)
+        write_atomic(shard_path(out, "scores", k, ".jsonl"), jsonl_writer(
+            {"id": d["id"], "hash": d["hash"], "score": round(float(s), 4), "tokens": n}
+            for d, s, n in zip(docs, p, tokens)))
+        progress.update(len(docs))
+    barrier()
+
+
+def read_scores(out_dir, index):
+    """Every file's score record, in corpus order, a shard at a time."""
+    for k in range(len(index["shards"])):
+        with open(shard_path(out_dir, "scores", k, ".jsonl"), encoding="utf-8") as f:
+            yield from map(json.loads, f)
+
+
+def stage_apply(a):
+    """Score every file (all ranks), then, on rank 0, keep those above the threshold (or the top fraction) and
+    write filtered.jsonl in corpus order, streaming the shards, and the report."""
+    out, index = Path(a.out_dir), corpus_index(a.out_dir)
     bundle = load_forest(a.forest or out / "forest.joblib")
     t0 = time.time()
-    if x is None:
-        try:
-            x, embedder = read_embeddings(out, docs)
-        except FilterError:
-            x, embedder = None, None
-    if embedder is None or embedder.id != bundle["embedder"].id:  # a forest from elsewhere: embed as it did
-        print(f"apply: embedding {len(docs)} files with the forest's embedder {bundle['embedder'].name}")
-        x = bundle["embedder"].transform([d["text"] for d in docs], Progress("embedded", len(docs)))
-    t_embedded = time.time()
-    clf = bundle["forest"]
-    scores = clf.predict_proba(x)[:, list(clf.classes_).index(1)]
-    t_scored = time.time()
-    keep = select(scores, a.threshold, a.keep_fraction)
-    with open(out / "filtered.jsonl", "w", encoding="utf-8") as f:
-        for i in keep:
-            d = docs[i]
-            f.write(json.dumps({"text": d["text"], "score": round(float(scores[i]), 4), "source": d["source"],
-                                "id": d["id"]}, ensure_ascii=False) + "\n")
-    with open(out / "scores.jsonl", "w", encoding="utf-8") as f:  # every file's score, for other thresholds
-        for d, s in zip(docs, scores):
-            f.write(json.dumps({"id": d["id"], "hash": d["hash"], "score": round(float(s), 4)}) + "\n")
-    stats = {"files": len(docs), "kept": int(len(keep)), "threshold": a.threshold, "keep_fraction": a.keep_fraction,
-             "score_seconds": round(t_scored - t_embedded, 3),
-             "score_files_per_s": round(len(docs) / max(t_scored - t_embedded, 1e-9), 1)}
-    try:
-        t = time.time()
-        stats["tokens"] = count_tokens([d["text"] for d in docs])
-        stats["tokens_kept"] = count_tokens([docs[i]["text"] for i in keep])
-        stats["tokenize_seconds"] = round(time.time() - t, 2)
-    except ImportError:
-        print("apply: model.py not importable, so tokens are not counted", file=sys.stderr)
-    save_stats(out, "apply", stats)
-    report = make_report(out, docs, scores, keep, bundle)
-    (out / "report.txt").write_text(report + "\n")
-    print(report)
-    print(f"\nfilter.py: wrote {out / 'filtered.jsonl'} ({len(keep)} of {len(docs)} files; train.py reads it), "
-          f"report {out / 'report.txt'}, all outputs in {out}/")
-    return scores, keep
-
-
-def make_report(out, docs, scores, keep, bundle):
-    s = json.loads((out / "stats.json").read_text())
-    load, ann, emb, fit, app = (s.get(k, {}) for k in ("load", "annotate", "embed", "fit", "apply"))
-    skipped = ", ".join(f"{k[8:]} {v}" for k, v in sorted(load.items()) if k.startswith("skipped_")) or "none"
+    score_shards(a, out, index, bundle)
+    seconds = time.time() - t0
+    if rank_and_world()[0] != 0:
+        return
+    scores = np.fromiter((r["score"] for r in read_scores(out, index)), np.float32, index["docs"])  # 4 B a file
+    keep = np.zeros(len(scores), bool)
+    keep[select(scores, a.threshold, a.keep_fraction)] = True
     rank = np.argsort(-scores, kind="stable")
+    extremes = {int(i): None for i in (*rank[:3], *rank[::-1][:3])}  # the report's best and worst files
+    kept = tokens = tokens_kept = 0
+
+    def kept_records(f):
+        nonlocal kept, tokens, tokens_kept
+        i = 0
+        for shard, records in zip(index["shards"], chunked(read_scores(out, index), index)):
+            for d, r in zip(shard_docs(out, shard), records):
+                tokens += r["tokens"]
+                if i in extremes:
+                    extremes[i] = (r["score"], d["id"], first_lines(d["text"]))
+                if keep[i]:
+                    kept, tokens_kept = kept + 1, tokens_kept + r["tokens"]
+                    f.write((json.dumps({"text": d["text"], "score": r["score"], "source": d["source"],
+                                         "id": d["id"]}, ensure_ascii=False) + "\n").encode("utf-8"))
+                i += 1
+
+    write_atomic(out / "filtered.jsonl", kept_records)
+    stats = {"files": index["docs"], "kept": kept, "tokens": tokens, "tokens_kept": tokens_kept,
+             "threshold": a.threshold, "keep_fraction": a.keep_fraction, "score_seconds": round(seconds, 3),
+             "score_files_per_s": round(index["docs"] / max(seconds, 1e-9), 1)}
+    save_stats(out, "apply", stats)
+    report = make_report(out, scores, bundle, [extremes[int(i)] for i in rank[:3]],
+                         [extremes[int(i)] for i in rank[::-1][:3]])
+    write_atomic(out / "report.txt", lambda f: f.write((report + "\n").encode()))
+    print(report)
+    print(f"\nfilter.py: wrote {out / 'filtered.jsonl'} ({kept:,} of {index['docs']:,} files; train.py reads it), "
+          f"report {out / 'report.txt'}, every file's score in {out / 'scores'}/")
+
+
+def chunked(records, index):
+    """The score records again, as one list per shard."""
+    records = iter(records)
+    for shard in index["shards"]:
+        yield [next(records) for _ in range(shard["docs"])]
+
+
+def make_report(out, scores, bundle, best, worst):
+    s = json.loads((out / "stats.json").read_text())
+    load, ann, emb, app = (s.get(k, {}) for k in ("load", "annotate", "embed", "apply"))
+    skipped = describe({k[8:]: v for k, v in load.items() if k.startswith("skipped ")}) or "none"
+    n = len(scores)
     lines = [
         "phi-1 quality filter report (§2.1)",
-        f"input: {load.get('input', '?')}: {len(docs)} files loaded (skipped: {skipped})",
+        f"input: {load.get('input', '?')}: {n:,} files loaded (skipped: {skipped})",
         f"judge: {bundle['judge']}" + ("  <- STAND-IN heuristic, not an LLM" if "stand-in" in bundle["judge"] else "")
         + (f"; {ann.get('labelled')} usable labels ({ann.get('positive')} positive), {ann.get('unparseable', 0)} "
            f"unparseable, {ann.get('failed', 0)} failed" if ann else ""),
@@ -1027,22 +1203,29 @@ def make_report(out, docs, scores, keep, bundle):
                  f"ROC AUC {auc} on {m['n_test']} files")
     rule = f"top {app['keep_fraction']:.0%} by score" if app.get("keep_fraction") is not None \
         else f"score >= {app.get('threshold')}"
-    lines.append(f"kept ({rule}): {len(keep)} of {len(docs)} files ({len(keep) / len(docs):.1%})")
-    if "tokens" in app:
-        lines[-1] += f", {app['tokens_kept']:,} of {app['tokens']:,} tokens ({app['tokens_kept'] / app['tokens']:.1%})"
+    lines.append(f"kept ({rule}): {app['kept']:,} of {n:,} files ({app['kept'] / n:.1%}), {app['tokens_kept']:,} of "
+                 f"{app['tokens']:,} tokens ({app['tokens_kept'] / max(app['tokens'], 1):.1%})")
+    shards = len(list((out / "corpus").glob("*.jsonl")))
+    lines.append(f"shards: {shards} of up to {load.get('shard_docs', SHARD_DOCS):,} files; embedded "
+                 f"{len(list((out / 'embeddings').glob('*.npy')))}, scored {len(list((out / 'scores').glob('*.jsonl')))}")
     lines += ["score histogram (files):", histogram(scores), "highest scored:"]
-    lines += [f"  {scores[i]:.3f} {docs[i]['id']}: {first_lines(docs[i]['text'])}" for i in rank[:3]]
+    lines += [f"  {score:.3f} {doc_id}: {head}" for score, doc_id, head in best]
     lines += ["lowest scored:"]
-    lines += [f"  {scores[i]:.3f} {docs[i]['id']}: {first_lines(docs[i]['text'])}" for i in rank[::-1][:3]]
+    lines += [f"  {score:.3f} {doc_id}: {head}" for score, doc_id, head in worst]
     perf = [f"performance (on {emb.get('machine', 'an unrecorded machine')}):"]
-    if emb:
-        perf.append(f"  embed ({emb['embedder']}): {emb['files_per_s']} files/s ({emb['files']} files, "
-                    f"{emb['seconds']} s)")
-    if app:
-        perf.append(f"  score (forest predict_proba): {app['score_files_per_s']} files/s")
+    if load:
+        perf.append(f"  load: {load['loaded'] / max(load['seconds'], 1e-9):,.0f} files/s ({load['seconds']} s)")
     if ann.get("labels_per_s"):
         perf.append(f"  annotate ({ann['judge']}): {ann['labels_per_s']} labels/s at concurrency "
                     f"{ann.get('concurrency', 1)}")
+    if emb:
+        per = f" per process, {emb['world']} processes" if emb.get("world", 1) > 1 else ""
+        perf.append(f"  embed ({emb['embedder']}): {emb['files_per_s']:,} files/s, {emb['tokens_per_s']:,} tokens/s"
+                    f"{per} ({emb['files']:,} files, {emb['seconds']} s)")
+    perf.append(f"  score (forest, and phi-1 tokens for the counts): {app['score_files_per_s']:,} files/s")
+    if "started" in s.get("all", {}):
+        perf.append(f"  all five stages: {time.time() - s['all']['started']:.0f} s wall time, peak RSS "
+                    f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
     return "\n".join(lines + perf)
 
 
@@ -1051,14 +1234,34 @@ def make_report(out, docs, scores, keep, bundle):
 
 def stage_all(a):
     t0 = time.time()
-    docs = stage_load(a)
-    labels = stage_annotate(a, docs)
+    stage_load(a)
+    stage_annotate(a)
     if a.dry_run:
         return
-    x, embedder = stage_embed(a, docs)
-    stage_fit(a, docs, labels, x, embedder)
-    stage_apply(a, docs, x, embedder)
+    stage_embed(a)
+    stage_fit(a)
+    save_stats(a.out_dir, "all", {"started": t0})  # for the report's total wall time
+    stage_apply(a)
     print(f"filter.py: all stages in {time.time() - t0:.0f} s")
+
+
+def stage_bench(a):
+    """Throughput and peak memory at scale: all five stages on --n_files files made from the standard library's
+    (each cut to its first ~4 KB, about a file of The Stack, and given a line of its own so that no two are
+    duplicates), written to OUT_DIR/bench-corpus.jsonl."""
+    sources = [text for _, text in Source("stdlib")]
+    path = Path(a.out_dir) / "bench-corpus.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(f):
+        for i in range(a.n_files):
+            text = sources[i % len(sources)]
+            text = text[:text.find("\n", 4000) + 1 or None]
+            f.write((json.dumps({"text": f"# copy {i // len(sources)}\n{text}"}) + "\n").encode("utf-8"))
+    write_atomic(path, write)
+    print(f"bench: {a.n_files:,} files ({path.stat().st_size / 1e6:,.0f} MB) in {path}")
+    a.input = str(path)
+    stage_all(a)
 
 
 def boolean(value):
@@ -1074,9 +1277,13 @@ def build_parser():
     common.add_argument("--seed", type=int, default=SEED)
     common.add_argument("--labels", default=None, help="label cache (default OUT_DIR/labels.jsonl)")
     load = argparse.ArgumentParser(add_help=False)
-    load.add_argument("--input", default=INPUT, help="directory of .py files or JSONL with a 'text' field "
-                                                     "(default: this Python's standard library)")
+    load.add_argument("--input", default=INPUT, help="comma-separated sources as train.py reads them: directories "
+                      "of .py, JSONL, .jsonl.gz or Parquet files, or such files (default: stdlib, this Python's "
+                      "standard library without its tests)")
+    load.add_argument("--text_column", default="", help="the text field of records (default: text in JSONL, "
+                                                         "content in Parquet as in The Stack)")
     load.add_argument("--max_bytes", type=int, default=MAX_BYTES, help="skip larger files")
+    load.add_argument("--shard_docs", type=int, default=SHARD_DOCS, help="documents per corpus shard")
     ann = argparse.ArgumentParser(add_help=False)
     ann.add_argument("--base_url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; "
                                                       "without it a heuristic stands in for the LLM judge")
@@ -1103,6 +1310,9 @@ def build_parser():
     app.add_argument("--keep_fraction", type=float, default=KEEP_FRACTION, help="or keep this top fraction")
     app.add_argument("--forest", default=None, help="a saved forest.joblib (default OUT_DIR/forest.joblib)")
 
+    bench = argparse.ArgumentParser(add_help=False)
+    bench.add_argument("--n_files", type=int, default=200_000, help="files in the generated corpus")
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -1112,7 +1322,8 @@ def build_parser():
             ("embed", [emb], stage_embed, "3. embed every file"),
             ("fit", [fit], stage_fit, "4. fit the random forest on the labels"),
             ("apply", [app], stage_apply, "5. score every file, write filtered.jsonl and the report"),
-            ("all", [load, ann, emb, fit, app], stage_all, "all five stages (the default)")]:
+            ("all", [load, ann, emb, fit, app], stage_all, "all five stages (the default)"),
+            ("bench", [bench, load, ann, emb, fit, app], stage_bench, "all five stages on a generated corpus")]:
         p = sub.add_parser(name, parents=[common, *parents], help=help_)
         p.set_defaults(fn=fn)
     return parser
@@ -1126,13 +1337,19 @@ def main(argv=None):
     a = parser.parse_args(argv)
     if getattr(a, "keep_fraction", None) is not None and not 0 < a.keep_fraction <= 1:
         parser.error("--keep_fraction must be in (0, 1]")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and a.command not in ("embed", "apply"):
+        parser.error(f"under torchrun only `embed` and `apply` run (on every rank); run `{a.command}` in one process")
     try:
         a.fn(a)
     except (FilterError, LLMError, OSError) as e:
         sys.exit(f"filter.py: error: {e}")
     except KeyboardInterrupt:
-        sys.exit("filter.py: interrupted (labels written so far are kept; run again to resume)")
+        print("filter.py: interrupted (everything written so far is kept: run the same command again to resume)",
+              file=sys.stderr, flush=True)
+        # every file is closed by now; skip the interpreter's shutdown, which takes seconds once torch is loaded
+        os._exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    import filter  # run as the module `filter`, so that the saved embedder and forest unpickle anywhere
+    filter.main()

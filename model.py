@@ -12,9 +12,12 @@ Read top to bottom:
   2. PhiConfig and its presets
   3. the modules: rotary embedding, attention, MLP, block, Phi
   4. generation with a static KV cache
-  5. loading / saving the Hugging Face PhiForCausalLM format (how the official microsoft/phi-1 weights ship)
+  5. loading / saving the Hugging Face PhiForCausalLM format (how the official microsoft/phi-1 weights ship), and
+     loading CodeGenForCausalLM (codegen-350M-mono, the paper's baseline and filter embedder)
+  6. sampling from the command line
 
-Run a demo (forward pass + sample from an untrained tiny model):  python model.py
+Sample from a checkpoint (train.py's, Hugging Face Phi or CodeGen), or from an untrained tiny model without --ckpt:
+  python model.py --ckpt=out --prompt="def fib(n):" --max_new_tokens=64 --temperature=0.8   (or --prompt=FILE:path)
 """
 
 import base64
@@ -23,7 +26,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import warnings
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache, partial
@@ -41,7 +43,10 @@ import torch.nn.functional as F
 # phi-1 uses the codegen-350M-mono tokenizer: GPT-2's BPE (ids 0..50256) plus 38 added tokens for whitespace runs,
 # which make indented Python about a third shorter. Hugging Face matches added tokens *before* BPE, leftmost-longest,
 # and BPE-encodes the pieces between them on their own, so "    return" is [4-space token, "return"] and not GPT-2's
-# [3 spaces, " return"]. tiktoken's own special-token matching is not longest-first, so we cut the runs ourselves.
+# [3 spaces, " return"]. tiktoken's own special-token matching is not longest-first, so the runs are cut by the
+# pre-tokenizing regex instead: CODEGEN_PATTERN puts them first and keeps GPT-2's whitespace alternatives from eating
+# into a run, which splits the text exactly as "cut the runs, then GPT-2 on each piece" does (tested against that
+# reference on the whole stdlib and random strings), in one tiktoken call per document.
 
 GPT2_RANKS_FILE = Path(__file__).resolve().parent / "assets" / "gpt2.tiktoken"  # OpenAI's r50k_base ranks
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -50,7 +55,9 @@ EOT = 50256  # <|endoftext|>, separates files in the training stream
 # CodeGen adds them as ' ' * n for n in reversed(range(2, 32)), then '\t' * n for n in reversed(range(2, 10))
 WHITESPACE_TOKENS = [" " * n for n in range(31, 1, -1)] + ["\t" * n for n in range(9, 1, -1)]  # ids 50257..50294
 # the regex engine is leftmost-first and greedy, which on runs of one character is exactly leftmost-longest
-WHITESPACE_RUN = re.compile(r" {2,31}|\t{2,9}")
+WHITESPACE_RUN = r" {2,31}|\t{2,9}"
+_WS = r"(?:[^\S \t]| (?! )|\t(?!\t))"  # a whitespace character that does not start a run
+CODEGEN_PATTERN = WHITESPACE_RUN + "|" + GPT2_PATTERN.replace(r"\s+(?!\S)|\s+", _WS + r"+(?!\S)|" + _WS + "+")
 N_TOKENS = EOT + 1 + len(WHITESPACE_TOKENS)  # 50295 real ids; the model's vocabulary is padded to 51200
 
 
@@ -71,19 +78,22 @@ class Tokenizer:
         self.whitespace_id = {ws: EOT + 1 + i for i, ws in enumerate(WHITESPACE_TOKENS)}
         self.id_bytes = {i: ws.encode() for ws, i in self.whitespace_id.items()}
         self.n_vocab = N_TOKENS
+        # Encoding: a run is a whole regex piece, and tiktoken maps a piece that is a vocabulary entry straight to its
+        # id, so the runs get CodeGen's ids. GPT-2's own multi-space entries can never occur in the other pieces
+        # (they hold no two equal blanks in a row), so they give way to CodeGen's; decoding keeps GPT-2's ids.
+        codegen_ranks = {**ranks, **{ws.encode(): i for ws, i in self.whitespace_id.items()}}
+        self.codegen = tiktoken.Encoding(name="codegen", pat_str=CODEGEN_PATTERN, mergeable_ranks=codegen_ranks,
+                                         special_tokens={"<|endoftext|>": EOT})
 
     def encode(self, text, allow_eot=False):
         # '<|endoftext|>' typed by a user is plain text; only the data pipeline may ask for the real separator
-        bpe = (lambda s: self.bpe.encode(s, allowed_special={"<|endoftext|>"})) if allow_eot else self.bpe.encode_ordinary
-        ids, start = [], 0
-        for run in WHITESPACE_RUN.finditer(text):
-            if run.start() > start:
-                ids.extend(bpe(text[start:run.start()]))
-            ids.append(self.whitespace_id[run.group()])
-            start = run.end()
-        if start < len(text):
-            ids.extend(bpe(text[start:]))
-        return ids
+        if allow_eot:
+            return self.codegen.encode(text, allowed_special={"<|endoftext|>"})
+        return self.codegen.encode_ordinary(text)
+
+    def encode_array(self, text):
+        """encode(text) as a uint16 array (every id is < 65536), built without a Python int per token."""
+        return self.codegen.encode_to_numpy(text, disallowed_special=()).astype(np.uint16)
 
     def decode(self, ids):
         out, plain = [], []  # plain: a run of ordinary BPE ids, decoded by tiktoken in one call
@@ -428,15 +438,22 @@ class Phi(nn.Module):
         return out
 
     # -------------------------------------------------------------------------
-    # 5. The Hugging Face PhiForCausalLM format
+    # 5. The Hugging Face formats: PhiForCausalLM (the official phi-1 weights) and CodeGenForCausalLM
 
     @classmethod
     def from_pretrained(cls, directory):
-        """Load a Hugging Face PhiForCausalLM checkpoint directory (config.json + safetensors or pytorch_model.bin)."""
+        """Load a Hugging Face checkpoint directory (config.json + safetensors or pytorch_model.bin): PhiForCausalLM,
+        or CodeGenForCausalLM (model_type "codegen", e.g. Salesforce/codegen-350M-mono), converted on load."""
         directory = Path(directory)
-        config = config_from_hf(json.loads((directory / "config.json").read_text()))
+        hf_config = json.loads((directory / "config.json").read_text())
+        if hf_config.get("model_type") == "codegen":
+            config = config_from_codegen(hf_config)
+            state_dict = state_dict_from_codegen(read_hf_weights(directory), config)
+        else:
+            config = config_from_hf(hf_config)
+            state_dict = state_dict_from_hf(read_hf_weights(directory))
         model = cls(config)
-        model.load_state_dict(state_dict_from_hf(read_hf_weights(directory)))
+        model.load_state_dict(state_dict)
         return model
 
     def save_pretrained(self, directory):
@@ -584,8 +601,65 @@ def state_dict_to_hf(sd, config):
     return hf
 
 
+# CodeGen (Nijkamp et al., 2022), whose tokenizer phi-1 uses and whose embeddings the paper's filter reads, has
+# phi-1-small's shape and the same parallel block, x + attn(ln(x)) + mlp(ln(x)). Three differences, converted on load:
+# - q, k and v come from one fused matrix whose rows are cut into mp_num = 4 chunks (CodeGen was trained on 4-way
+#   model-parallel TPUs), each chunk holding the rows of its quarter of the heads as q, then v, then k;
+# - rotary turns interleaved pairs (dims 2i and 2i + 1, GPT-J's rotate_every_two) where ours turns dims i and
+#   i + R/2 (rotate_half), both at frequency i: moving each head's even rotary rows of q and k first and the odd
+#   ones after makes our rotation compute the same rotated vectors, permuted alike in q and k, so q . k is unchanged
+#   (v is never rotated, so its rows stay);
+# - the attention projections have no biases: ours are zero (and remain trainable).
+CODEGEN_MP_NUM = 4
+
+
+def config_from_codegen(hf):
+    """Hugging Face CodeGenConfig dict -> PhiConfig; refuses variants this conversion does not cover."""
+    unsupported = {"activation_function": hf.get("activation_function", "gelu_new") not in ("gelu_new",
+                                                                                           "gelu_pytorch_tanh"),
+                   "rotary_dim": hf.get("rotary_dim") is None,
+                   "n_head": hf["n_head"] % CODEGEN_MP_NUM != 0}
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise ValueError(f"unsupported CodeGen variant: {', '.join(f'{k}={hf.get(k)!r}' for k in bad)}")
+    return PhiConfig(block_size=hf.get("n_positions", 2048), vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+                     n_head=hf["n_head"], n_embd=hf["n_embd"], n_inner=hf.get("n_inner") or 4 * hf["n_embd"],
+                     rotary_dim=hf["rotary_dim"], rope_theta=10000.0,  # CodeGen's base is fixed at 10000
+                     layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), embd_pdrop=hf.get("embd_pdrop", 0.0),
+                     attn_pdrop=hf.get("attn_pdrop", 0.0), resid_pdrop=hf.get("resid_pdrop", 0.0))
+
+
+def state_dict_from_codegen(hf, config):
+    """CodeGenForCausalLM weights -> ours (see above); the causal-mask buffers of old files (attn.bias,
+    attn.masked_bias) are no weights and are left out."""
+    def get(key):
+        if key not in hf:
+            raise ValueError(f"the CodeGen checkpoint lacks {key}")
+        return hf[key]
+    C, H = config.n_embd, config.n_head
+    D, R = C // H, config.rotary_dim
+    perm = torch.cat([torch.arange(0, R, 2), torch.arange(1, R, 2), torch.arange(R, D)])  # (D,) new dim <- old dim
+    wte = get("transformer.wte.weight")
+    sd = {"embed_tokens.weight": wte, "final_layernorm.weight": get("transformer.ln_f.weight"),
+          "final_layernorm.bias": get("transformer.ln_f.bias"), "lm_head.bias": get("lm_head.bias"),
+          "lm_head.weight": wte if hf.get("lm_head.weight") is None else hf["lm_head.weight"]}  # absent when tied
+    for i in range(config.n_layer):
+        old, new = f"transformer.h.{i}.", f"layers.{i}."
+        qkv = get(old + "attn.qkv_proj.weight").view(CODEGEN_MP_NUM, 3, C // CODEGEN_MP_NUM, C)  # (chunk, qvk, rows, C)
+        q, v, k = (w.reshape(H, D, C) for w in qkv.unbind(1))                                     # each (H, D, C)
+        sd[new + "self_attn.qkv_proj.weight"] = torch.cat([q[:, perm], k[:, perm], v]).reshape(3 * C, C)
+        sd[new + "self_attn.qkv_proj.bias"] = wte.new_zeros(3 * C)
+        sd[new + "self_attn.dense.weight"] = get(old + "attn.out_proj.weight")
+        sd[new + "self_attn.dense.bias"] = wte.new_zeros(C)
+        for ours, theirs in [("input_layernorm", "ln_1"), ("mlp.fc1", "mlp.fc_in"), ("mlp.fc2", "mlp.fc_out")]:
+            for kind in ("weight", "bias"):
+                sd[f"{new}{ours}.{kind}"] = get(f"{old}{theirs}.{kind}")
+    return sd
+
+
 def load_model(path, device="cpu"):
-    """A model ready for inference from a train.py checkpoint file, an out_dir holding ckpt.pt, or a HF directory."""
+    """A model ready for inference from a train.py checkpoint file, an out_dir holding ckpt.pt, or a Hugging Face
+    directory (Phi or CodeGen)."""
     path = Path(path)
     if (path / "config.json").exists():
         model = Phi.from_pretrained(path)
@@ -602,15 +676,56 @@ def load_model(path, device="cpu"):
 # -----------------------------------------------------------------------------
 
 
-if __name__ == "__main__":
-    torch.manual_seed(0)
+# 6. Sampling from the command line (nanoGPT's sample.py): any checkpoint load_model reads, or an untrained tiny model
+SAMPLE_OPTIONS = {"ckpt": "", "prompt": 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
+                  "max_new_tokens": 64, "temperature": 0.8, "top_k": 50, "seed": 0, "device": "auto"}
+
+
+def sample_main(argv):
+    """python model.py [--ckpt=PATH] [--prompt=TEXT | --prompt=FILE:path] [--max_new_tokens=64] [--temperature=0.8]
+    [--top_k=50, 0 = off] [--seed=0] [--device=auto]; without --ckpt, an untrained tiny model (noise)."""
+    import sys
+    opts = dict(SAMPLE_OPTIONS)
+    for arg in argv:
+        key, eq, value = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or not eq or key not in opts:
+            raise ValueError(f"unknown argument {arg!r}; options: {' '.join(f'--{k}=' for k in opts)}")
+        try:
+            opts[key] = type(SAMPLE_OPTIONS[key])(value)
+        except ValueError:
+            raise ValueError(f"--{key}={value}: expected {type(SAMPLE_OPTIONS[key]).__name__}") from None
+    prompt = opts["prompt"]
+    if prompt.startswith("FILE:"):
+        prompt = Path(prompt[5:]).read_text(encoding="utf-8")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if opts["device"] == "auto" else opts["device"]
+    torch.manual_seed(opts["seed"])
+    if opts["ckpt"]:
+        model = load_model(opts["ckpt"], device=device)
+    else:
+        model = Phi(PhiConfig.from_preset("tiny")).to(device).eval()
+        print(f"no --ckpt: an untrained tiny phi ({model.get_num_params() / 1e6:.1f} M parameters), so noise",
+              file=sys.stderr)
+    if device.startswith("cuda"):
+        model = model.to(torch.bfloat16)
     tok = get_tokenizer()
-    model = Phi(PhiConfig.from_preset("tiny")).eval()
-    print(f"tiny phi: {model.get_num_params() / 1e6:.1f} M parameters (untrained)")
-    prompt = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
-    ids = tok.encode(prompt)
-    logits, _ = model(torch.tensor([ids]))
-    print(f"prompt: {len(prompt)} characters -> {len(ids)} tokens; logits {tuple(logits.shape)}")
-    new = model.generate([ids], max_new_tokens=32, temperature=0.8, top_k=50, seed=0)[0]
-    print("sample from the untrained model (noise until train.py has trained it):")
+    ids = tok.encode(prompt) or [EOT]  # an empty prompt starts a new file
+    room = model.config.block_size - len(ids)
+    if room < 1:
+        raise ValueError(f"the prompt has {len(ids)} tokens; the model's context holds {model.config.block_size}")
+    if room < opts["max_new_tokens"]:
+        print(f"only {room} new tokens fit the context of {model.config.block_size}", file=sys.stderr)
+    new = model.generate([ids], max_new_tokens=min(opts["max_new_tokens"], room), temperature=opts["temperature"],
+                         top_k=opts["top_k"] or None, seed=opts["seed"], tokenizer=tok)[0]
     print(prompt + tok.decode(new))
+
+
+if __name__ == "__main__":
+    import sys
+    try:
+        sample_main(sys.argv[1:])
+    except (ValueError, OSError) as e:  # bad input: unknown flag, unreadable prompt file, missing checkpoint
+        print(f"model.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("model.py: interrupted", file=sys.stderr)
+        sys.exit(130)

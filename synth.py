@@ -9,35 +9,43 @@ with 13-gram overlap and an AST match rate tau. This file makes both data sets o
 
     python synth.py textbook  --out=data/textbooks.jsonl --n_samples=1000 --base_url=http://127.0.0.1:8080/v1
     python synth.py exercises --out=data/exercises.jsonl --n_tokens=2000000 --verify --seed=1
+    python synth.py exercises --out=data/exercises.jsonl --n_samples=880000 --dry_run=True  # the plan, its cost
     python synth.py preview exercises --seed=0 --n=3            # print the prompts a seed draws, no server needed
-    python synth.py dedup data/exercises.jsonl                  # exact + near-duplicate removal
-    python synth.py decontaminate data/exercises.jsonl --against humaneval --against ../shared/data/mbpp.jsonl
+    python synth.py dedup data/exercises.jsonl                  # exact + near-duplicate removal (dedup.py)
+    python synth.py decontaminate data/exercises.jsonl --against humaneval --tau=0.95,0.9,0.85,0.8
     python synth.py report data/exercises.jsonl                 # diversity report
+    python synth.py bench                                       # dedup/decontaminate records/s and memory
 
 Generation files, for --out=X.jsonl: X.raw.jsonl (append-only, one JSON line per accepted record, flushed per
-record; a killed run resumes from it), X.rejected.jsonl (dropped outputs and why), X.jsonl (the final data:
-raw records sorted by index, deduplicated, decontaminated) and X.report.json (counts, removals, diversity).
-Every record has a deterministic id from (kind, seed, index) and stores the constraint values its prompt was
-drawn with, so a run is reproducible from its seed and its diversity measurable.
+record; a killed run resumes from it, reading only the head of each line), X.rejected.jsonl (dropped outputs and
+why), X.jsonl (the final data: the smallest prefix of indices reaching the target, deduplicated, decontaminated)
+and X.report.json (counts, removals, diversity). Every record has a deterministic id from (kind, seed, index)
+and stores the constraint values its prompt was drawn with, so a run is reproducible from its seed and its
+diversity measurable. Sized for the paper's ~1 B tokens: the final pass streams the raw file by byte offset and
+holds per record only its offset and MinHash signature; dedup and decontamination run on all cores.
 """
 import argparse
 import ast
 import difflib
-import hashlib
 import json
 import math
 import os
 import random
 import re
+import shutil
 import sys
+import tempfile
 import time
+import warnings
 import zlib
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from filter import LLMClient, LLMError, append_jsonl, read_jsonl_resumable
+import dedup as dd
+from dedup import default_workers
+from filter import LLMClient, LLMError, append_jsonl
 
 # ----------------------------------------------------------------------------- defaults (CLI flags override)
 BASE_URL = "http://127.0.0.1:8080/v1"
@@ -299,6 +307,122 @@ def verify_programs(exercises, timeout=3.0):
     return [r["result"] for r in res]
 
 
+# ----------------------------------------------------------------------------- JSONL files read by byte offset
+# At the paper's scale the raw file holds ~1 B tokens: nothing below keeps its texts in memory. A pass reads the
+# lines it needs (by offset, in the order it needs them) and hands them to worker processes as bytes.
+class SynthError(SystemExit):
+    """`synth.py: error: <message>` on one line and exit status 2 (bad input) or 1 (a failure while running)."""
+
+    def __init__(self, message, status=2):
+        super().__init__(status)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+def jsonl_lines(path, repair=False):
+    """Yield (byte offset, line) for each non-blank line of a JSONL file, streaming.
+
+    A last line without its newline is what a killed writer leaves. With repair=True (the files this program
+    appends to) it is cut off, or given its newline if it is a whole JSON object, as read_jsonl_resumable does;
+    otherwise a whole object is read and anything else is an error. A missing file reads as empty."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        offset = 0
+        for line in f:
+            if not line.endswith(b"\n"):   # the last line, torn or only missing its newline
+                whole = _is_json_object(line)
+                if repair:
+                    with open(path, "r+b") as g:
+                        if whole:
+                            g.seek(offset + len(line))
+                            g.write(b"\n")
+                        else:
+                            g.truncate(offset)
+                elif not whole and line.strip():
+                    raise SynthError(f"{path}: not JSONL (the last line is cut off: {line[:60]!r})")
+                if whole:
+                    yield offset, line + b"\n"
+                return
+            if line.strip():
+                yield offset, line
+            offset += len(line)
+
+
+def _is_json_object(line):
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+class LineReader:
+    """Random access to the lines of a file by byte offset (one open file, the OS's page cache does the rest)."""
+
+    def __init__(self, path):
+        self.f = open(path, "rb")
+
+    def __call__(self, offset):
+        self.f.seek(int(offset))
+        line = self.f.readline()
+        return line if line.endswith(b"\n") else line + b"\n"   # a last line that lacks its newline
+
+    def close(self):
+        self.f.close()
+
+
+def _record(item):
+    """A record from a worker's item: (line number, JSONL line) or (number, dict). Checks it has a text."""
+    i, x = item
+    if isinstance(x, dict):
+        r = x
+    else:
+        try:
+            r = json.loads(x)
+        except ValueError as e:
+            raise ValueError(f"record {i} is not JSON ({e})") from None
+    if not isinstance(r, dict) or not isinstance(r.get("text"), str):
+        raise ValueError(f"record {i} has no 'text' field")
+    r.setdefault("id", str(i))
+    return r
+
+
+def _record_text(item):
+    return _record(item)["text"]
+
+
+# Raw and rejected records start with these fields, in this order, so that resuming can read a line's head
+# without decoding its text (a textbook line is ~3 KB, the head ~80 B); lines written otherwise (older files,
+# hand edits) are decoded whole instead.
+_HEAD = re.compile(rb'\{"id": "[^"\\]*", "kind": "(\w+)", "seed": (-?\d+), "index": (\d+)(?:, "tokens": (\d+))?[,}]')
+
+
+def read_heads(path, repair=True):
+    """(kind, seed) pairs seen, and arrays index (n,), tokens (n,; -1 where not stored) and offset (n,) of the
+    records of a raw or rejected file, from the head of each line only."""
+    kinds, index, tokens, offset = set(), [], [], []
+    for off, line in jsonl_lines(path, repair=repair):
+        m = _HEAD.match(line)
+        if m:
+            kind, seed, idx, tok = m.group(1).decode(), int(m.group(2)), int(m.group(3)), m.group(4)
+            tok = int(tok) if tok is not None else -1
+        else:
+            try:
+                r = json.loads(line)
+                kind, seed, idx, tok = r.get("kind"), r.get("seed"), int(r["index"]), int(r.get("tokens", -1))
+            except (ValueError, KeyError, TypeError):
+                raise SynthError(f"cannot resume: {path}: a line at byte {off} is not a generation record "
+                                 f"({line[:60]!r})") from None
+        kinds.add((kind, seed))
+        index.append(idx)
+        tokens.append(tok)
+        offset.append(off)
+    return kinds, np.array(index, dtype=np.int64), np.array(tokens, dtype=np.int64), np.array(offset, dtype=np.int64)
+
+
 # ----------------------------------------------------------------------------- generation
 def paths_for(out):
     out = Path(out)
@@ -313,36 +437,100 @@ def _fmt_time(s):
     return f"{s // 3600}h{s // 60 % 60:02d}m{s % 60:02d}s"
 
 
+def _head_first(res, tokens=None):
+    """The record with id, kind, seed, index (and tokens) first, as _HEAD reads them back."""
+    head = {k: res[k] for k in ("id", "kind", "seed", "index")}
+    if tokens is not None:
+        head["tokens"] = tokens
+    return {**head, **{k: v for k, v in res.items() if k not in head}}
+
+
 def generate(kind, out, n_samples=None, n_tokens=None, seed=0, base_url=BASE_URL, model=MODEL,
              concurrency=CONCURRENCY, temperature=TEMPERATURE, max_tokens=None, verify=False, timeout=60.0,
-             max_retries=6, give_up_after=GIVE_UP_AFTER, against=("humaneval",), tau=TAU,
-             near_threshold=NEAR_DUP_JACCARD, log=sys.stderr):
-    """Generate until the raw file holds n_samples accepted records (or n_tokens tokens of `text`), then write
-    the final deduplicated, decontaminated data. Resumable: ids already in the raw or rejected file are skipped."""
+             max_retries=6, give_up_after=GIVE_UP_AFTER, against=("humaneval",), tau=(TAU,),
+             near_threshold=NEAR_DUP_JACCARD, workers=None, dry_run=False, log=None):
+    """Generate until the records of the lowest indices hold n_samples accepted records (or n_tokens tokens of
+    `text`), then write the final deduplicated, decontaminated data. Resumable: indices already in the raw or
+    rejected file are skipped; resuming reads only the head of each line (id, kind, seed, index, tokens).
+
+    Requests stay in flight continuously: each finished one starts the next lowest index not yet done, as long as
+    what is done and in flight is expected to reach the target. The final data is the smallest prefix of indices
+    that reaches it, so a killed and resumed run ends with the same records as an uninterrupted one."""
     assert (n_samples is None) != (n_tokens is None), "give exactly one of n_samples / n_tokens"
+    log = log or sys.stderr
     max_tokens = max_tokens or MAX_TOKENS[kind]
+    taus = (tau,) if isinstance(tau, (int, float)) else tuple(tau)
     p = paths_for(out)
-    p["raw"].parent.mkdir(parents=True, exist_ok=True)
-    try:
-        raw, rejected = read_jsonl_resumable(p["raw"]), read_jsonl_resumable(p["rejected"])
-    except ValueError as e:
-        raise SystemExit(f"error: cannot resume: {e}")
-    for r in raw + rejected:
-        if r.get("kind") != kind or r.get("seed") != seed:
-            raise SystemExit(f"error: {p['raw']} holds {r.get('kind')} records of seed {r.get('seed')}; "
-                             f"resume with the same kind and --seed, or write to another --out")
-    done = {r["index"] for r in raw} | {r["index"] for r in rejected}
-    count_tokens = _token_counter() if n_tokens else (lambda text: 0)
-    kept, kept_tokens = len(raw), sum(r["tokens"] if "tokens" in r else count_tokens(r["text"]) for r in raw)
-    reasons = Counter(r["reason"] for r in rejected)
+    seen = set()
+    done = {}                      # index -> accepted tokens (1 per record for n_samples; 0: rejected)
+    count_tokens = _token_counter()
+    for path, accepted in ((p["raw"], True), (p["rejected"], False)):
+        kinds, index, tokens, offset = read_heads(path, repair=not dry_run)
+        seen |= kinds
+        if accepted and n_tokens and (tokens < 0).any():   # records written without their count (older files)
+            reader = LineReader(path)
+            for j in np.flatnonzero(tokens < 0):
+                tokens[j] = count_tokens(_record((j, reader(offset[j])))["text"])
+            reader.close()
+        if accepted:
+            n_kept = len(index)
+        for i, t in zip(index.tolist(), tokens.tolist()):
+            done[i] = (t if n_tokens else 1) if accepted else 0
+    bad = next(((k, s) for k, s in seen if k != kind or s != seed), None)
+    if bad:
+        raise SynthError(f"{p['raw']} holds {bad[0]} records of seed {bad[1]}; resume with the same kind and "
+                         f"--seed, or write to another --out")
+    n_rejected = sum(v == 0 for v in done.values())
+    goal, unit = (n_samples, "samples") if n_samples else (n_tokens, "tokens")
+    # frontier: the lowest index not done; below it everything is done and `prefix` is its accepted total
+    frontier, prefix = 0, 0
+    while frontier in done and prefix < goal:
+        prefix += done.pop(frontier)
+        frontier += 1
+    print(f"[{kind}] seed {seed}: resuming with {n_kept} records ({n_rejected} rejected) from {p['raw']}"
+          if seen else f"[{kind}] seed {seed}: new run -> {p['raw']}", file=log)
+    print_plan(kind, seed, verify, goal, unit, prefix + sum(done.values()), len(done) + frontier, n_rejected,
+               max_tokens, frontier, count_tokens, log)
+    if dry_run:
+        return None
+    run = {"failed_calls_retried": 0, "usage_this_run": {"prompt_tokens": 0, "completion_tokens": 0}}
+    if prefix < goal:
+        run = _generate_loop(kind, seed, p, goal, n_tokens, done, frontier, prefix, base_url, model, concurrency,
+                             temperature, max_tokens, verify, timeout, max_retries, give_up_after, count_tokens, log)
+    return finalize(p, goal, bool(n_tokens), {"kind": kind, "seed": seed, **run}, against=against, taus=taus,
+                    near_threshold=near_threshold, workers=workers, log=log)
+
+
+def print_plan(kind, seed, verify, goal, unit, have, n_done, n_rejected, max_tokens, frontier, count_tokens, log):
+    """Before the first request: how many requests remain and what they will cost in prompt and completion tokens.
+
+    Per request, the prompt tokens are measured with the phi-1 tokenizer on up to 200 of the prompts still to be
+    sent (servers add a few tokens of chat template); acceptance and the accepted tokens per request are those
+    of this run so far, or, on a new run, all accepted and max_tokens / 2 per textbook request."""
+    left = max(goal - have, 0)
+    accept = (n_done - n_rejected) / n_done if n_done else 1.0
+    if unit == "samples":
+        per_request = max(accept, 1e-3)
+    else:
+        per_request = max(have / n_done if n_done else max_tokens / 2, 1.0)
+    requests = math.ceil(left / per_request) if left else 0
+    sample = range(frontier, frontier + max(1, min(requests, 200)))
+    prompt = sum(count_tokens("\n".join(m["content"] for m in build_messages(kind, draw_constraints(kind, seed, i),
+                                                                             verify))) for i in sample) / len(sample)
+    print(f"[{kind}] plan: {left} more {unit} in about {requests} requests (acceptance "
+          f"{accept:.0%}{' so far' if n_done else ' assumed'}): about {requests * prompt:,.0f} prompt tokens "
+          f"({prompt:.0f} per request) and at most {requests * max_tokens:,} completion tokens "
+          f"(max_tokens {max_tokens})", file=log, flush=True)
+
+
+def _generate_loop(kind, seed, p, goal, n_tokens, done, frontier, prefix, base_url, model, concurrency,
+                   temperature, max_tokens, verify, timeout, max_retries, give_up_after, count_tokens, log):
     client = LLMClient(base_url, model, concurrency=concurrency, timeout=timeout, max_retries=max_retries)
-    goal = n_samples if n_samples else n_tokens
-    unit = "samples" if n_samples else "tokens"
-    progress = lambda: kept if n_samples else kept_tokens  # noqa: E731
-    start_progress, t0, last_print = progress(), time.time(), 0.0
-    failed, rejected_in_a_row, next_index, last_error = 0, 0, 0, None
-    print(f"[{kind}] seed {seed}: resuming with {kept} records ({len(rejected)} rejected) from {p['raw']}"
-          if done else f"[{kind}] seed {seed}: new run -> {p['raw']}", file=log)
+    in_flight, retry = set(), []    # indices sent and not yet answered; failed ones, to send again first
+    state = {"frontier": frontier, "prefix": prefix, "kept": prefix + sum(done.values()), "requests": len(done)
+             + frontier, "failed": 0, "failed_in_a_row": 0, "rejected_in_a_row": 0, "last_error": None}
+    reasons = Counter()
+    t0, last_print, start_kept = time.time(), 0.0, state["kept"]
 
     def work(index):
         c = draw_constraints(kind, seed, index)
@@ -372,168 +560,224 @@ def generate(kind, out, n_samples=None, n_tokens=None, seed=0, base_url=BASE_URL
                 return {**base, "reason": "failed_tests", "result": result, "raw": content}
         return {**base, **ex, "verified": verify}
 
+    def expected_per_request():
+        # samples: count every request in flight as an accepted record, so a run never asks for more than it
+        # needs; tokens: the accepted tokens per request so far (half of max_tokens before the first answer)
+        if not n_tokens:
+            return 1.0
+        return state["kept"] / state["requests"] if state["requests"] else max_tokens / 2
+
+    def to_send():
+        """Indices to request, lowest first, produced only when LLMClient.map has a free slot."""
+        nxt = state["frontier"]
+        while True:
+            if retry:
+                yield retry.pop()
+                continue
+            while nxt in done or nxt in in_flight:
+                nxt += 1
+            # a hole below what is done is always needed; beyond, only while the target is not yet covered
+            hole = bool(done) and nxt < max(done)
+            if not hole and state["kept"] + len(in_flight) * expected_per_request() >= goal:
+                return
+            in_flight.add(nxt)
+            yield nxt
+            nxt += 1
+
+    def advance():
+        while state["frontier"] in done and state["prefix"] < goal:
+            state["prefix"] += done.pop(state["frontier"])
+            state["frontier"] += 1
+
+    p["raw"].parent.mkdir(parents=True, exist_ok=True)
     with open(p["raw"], "a", encoding="utf-8") as fraw, open(p["rejected"], "a", encoding="utf-8") as frej:
-        while progress() < goal:
-            # rounds of the lowest indices not yet done: holes left by a killed run or failed calls come first,
-            # so an interrupted and an uninterrupted run end with the same records
-            if n_samples:
-                need = goal - kept
-            else:
-                per = kept_tokens / kept if kept else max_tokens / 2
-                need = max(1, min(4 * concurrency, math.ceil((goal - kept_tokens) / max(per, 1))))
-            batch = []
-            while len(batch) < need:
-                if next_index not in done:
-                    batch.append(next_index)
-                next_index += 1
-            next_index = batch[0]   # indices that fail are retried next round
-            got = 0
-            for index, res in client.map(work, batch):
+        while state["prefix"] < goal:
+            for index, res in client.map(work, to_send()):
                 if isinstance(res, LLMError):
-                    failed += 1
-                    last_error = res
+                    state["failed"] += 1
+                    state["failed_in_a_row"] += 1
+                    state["last_error"] = res
+                    if state["failed_in_a_row"] >= max(8, 2 * concurrency):
+                        raise SynthError(f"the last {state['failed_in_a_row']} requests all failed (run the same "
+                                         f"command again to resume); last error: {res}", status=1)
+                    retry.append(index)
                     continue
                 if isinstance(res, Exception):
                     raise res
-                got += 1
-                done.add(index)
+                in_flight.discard(index)
+                state["failed_in_a_row"] = 0
+                state["requests"] += 1
                 if "reason" in res:
-                    append_jsonl(frej, res)
+                    append_jsonl(frej, _head_first(res))
                     reasons[res["reason"]] += 1
-                    rejected_in_a_row += 1
+                    state["rejected_in_a_row"] += 1
+                    done[index] = 0
                 else:
-                    if n_tokens:   # stored, so that resuming a billion-token run need not re-tokenize it
-                        res["tokens"] = count_tokens(res["text"])
-                        kept_tokens += res["tokens"]
-                    append_jsonl(fraw, res)
-                    kept += 1
-                    rejected_in_a_row = 0
+                    value = count_tokens(res["text"]) if n_tokens else 1
+                    # the token count is stored, so that resuming a billion-token run need not re-tokenize it
+                    append_jsonl(fraw, _head_first(res, value if n_tokens else None))
+                    state["kept"] += value
+                    state["rejected_in_a_row"] = 0
+                    done[index] = value
+                advance()
                 now = time.time()
-                if now - last_print > 2.0 or progress() >= goal:
+                if now - last_print > 2.0 or state["prefix"] >= goal:
                     last_print = now
-                    rate = (progress() - start_progress) / max(now - t0, 1e-9)
-                    eta = (goal - progress()) / rate if rate > 0 else None
+                    rate = (state["kept"] - start_kept) / max(now - t0, 1e-9)
+                    eta = (goal - state["kept"]) / rate if rate > 0 else None
                     u = client.usage
-                    print(f"[{kind}] {progress()}/{goal} {unit} | kept {kept} rejected {sum(reasons.values())} "
-                          f"failed calls {failed} retries {client.stats['retries']} | usage "
+                    print(f"[{kind}] {min(state['kept'], goal)}/{goal} {'tokens' if n_tokens else 'samples'} | "
+                          f"in flight {len(in_flight)} | rejected {sum(reasons.values())} failed calls "
+                          f"{state['failed']} retries {client.stats['retries']} | usage "
                           f"{u.get('prompt_tokens', 0)}+{u.get('completion_tokens', 0)} tokens | "
                           f"elapsed {_fmt_time(now - t0)} ETA {_fmt_time(eta)}", file=log, flush=True)
-            if got == 0:
-                raise SystemExit(f"error: every request of a round failed (run the same command again to resume); "
-                                 f"last error: {last_error}")
-            if rejected_in_a_row >= give_up_after:
-                print(f"[{kind}] giving up: the last {rejected_in_a_row} outputs were all rejected "
+                if state["rejected_in_a_row"] >= give_up_after:
+                    break
+            if state["rejected_in_a_row"] >= give_up_after:
+                print(f"[{kind}] giving up: the last {state['rejected_in_a_row']} outputs were all rejected "
                       f"({dict(reasons)})", file=log)
                 break
-    stats = {"kind": kind, "seed": seed, "kept": kept, "kept_tokens": kept_tokens if n_tokens else None,
-             "rejected": dict(reasons), "failed_calls_retried": failed, "usage_this_run": dict(client.usage)}
-    print(f"[{kind}] generated: kept {kept}, rejected {dict(reasons)}, failed calls (retried) {failed}, "
+    print(f"[{kind}] generated: rejected this run {dict(reasons)}, failed calls (retried) {state['failed']}, "
           f"usage this run {dict(client.usage)}", file=log)
-    return finalize(p, stats, against=against, tau=tau, near_threshold=near_threshold, log=log)
+    return {"failed_calls_retried": state["failed"], "usage_this_run": dict(client.usage)}
 
 
 def _token_counter():
-    from model import get_tokenizer   # lazy: only token targets need the (torch-importing) model module
+    from model import get_tokenizer   # lazy: the model module imports torch
     tok = get_tokenizer()
     return lambda text: len(tok.encode(text))
 
 
-def finalize(p, stats, against=("humaneval",), tau=TAU, near_threshold=NEAR_DUP_JACCARD, log=sys.stderr):
-    """Raw records -> sorted by index, deduplicated, decontaminated -> the final file and its report."""
-    records = sorted(read_jsonl_resumable(p["raw"]), key=lambda r: r["index"])
-    records, dup = dedup(records, near_threshold)
+# ----------------------------------------------------------------------------- the final pass, streamed
+def finalize(p, goal, by_tokens, run_stats, against=("humaneval",), taus=(TAU,), near_threshold=NEAR_DUP_JACCARD,
+             workers=None, log=None):
+    """Raw records -> the smallest prefix of indices reaching the goal, in index order -> deduplicated ->
+    decontaminated -> the final file and its report. Holds per record only its offset and its signature."""
+    workers, log = workers or default_workers(), log or sys.stderr
+    _, index, tokens, offset = read_heads(p["raw"])
+    order = np.argsort(index, kind="stable")
+    value = tokens[order] if by_tokens else np.ones(len(order), dtype=np.int64)
+    n = min(len(order), int(np.searchsorted(np.cumsum(value), goal)) + 1)   # first records reaching the goal
+    offsets = offset[order[:n]]
+    rejected = Counter()
+    for _, line in jsonl_lines(p["rejected"]):
+        m = re.search(rb'"reason": "(\w+)"', line)
+        rejected[m.group(1).decode() if m else "?"] += 1
+    stats = {**run_stats, "kept": len(order), "kept_tokens": int(tokens.sum()) if by_tokens else None,
+             "selected": n, "selected_tokens": int(value[:n].sum()) if by_tokens else None,
+             "rejected": dict(rejected)}
+    keep, dup = dedup_lines(p["raw"], offsets, near_threshold, workers)
     print(f"dedup: {dup['exact']} exact and {dup['near']} near duplicates removed", file=log)
-    decon = None
-    if against:
-        records, decon = decontaminate(records, load_benchmarks(against), tau=tau)
-        print(_decon_summary(decon), file=log)
-    write_jsonl_atomic(p["final"], records)
-    report = {"generation": stats, "dedup": dup, "decontamination": decon, "diversity": diversity(records)}
-    p["report"].write_text(json.dumps(report, indent=1))
-    print(_diversity_summary(report["diversity"]), file=log)
-    print(f"wrote {len(records)} records to {p['final']} (report: {p['report']})", file=log)
+    bench = load_benchmarks(against) if against else None
+    decon, div = decontaminate_lines(p["raw"], offsets[keep], bench, taus, workers, p["final"], diversity=True)
+    for rep in decon or ():
+        print(_decon_summary(rep), file=log)
+    report = {"generation": stats, "dedup": dup, "decontamination": _main_and_others(decon), "diversity": div}
+    write_text_atomic(p["report"], json.dumps(report, indent=1))
+    print(_diversity_summary(div), file=log)
+    print(f"wrote {div['records']} records to {p['final']} (report: {p['report']})", file=log)
     return report
 
 
-def write_jsonl_atomic(path, records):
+def _main_and_others(reports):
+    """The report of the first threshold, with those of the others under "other_taus"."""
+    if not reports:
+        return None
+    return {**reports[0], "other_taus": reports[1:]} if len(reports) > 1 else reports[0]
+
+
+def write_text_atomic(path, text):
     tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
-# ----------------------------------------------------------------------------- deduplication and diversity
-_WORD = re.compile(r"\w+|[^\w\s]")
+# ----------------------------------------------------------------------------- deduplication (dedup.py)
+def _find_duplicates(items, n, decode, text_of, threshold, workers):
+    """Exact, then near duplicates over `items` (decoded to texts in the workers); see dedup.py.
+    Returns keep (n,) bool, the exact count, and [(j, i)]: near duplicate j of kept i."""
+    exact, sigs = dd.signatures(items, n=n, decode=decode, workers=workers)
+    live = dd.first_occurrences(exact)
+    keep, pairs = dd.near_duplicates(sigs, text_of, live=live, threshold=threshold)
+    return keep, int(n - live.sum()), pairs
 
 
-def words(text):
-    return _WORD.findall(text)
-
-
-def shingles(text, n=5):
-    w = words(text)
-    return {" ".join(w[i:i + n]) for i in range(max(1, len(w) - n + 1))}
-
-
-_P = (1 << 61) - 1
-_MH = np.random.default_rng(0).integers(1, 1 << 32, size=(2, 128), dtype=np.uint64)   # (a, b) of 128 hash functions
-
-
-def minhash(sh):
-    """128 MinHash values of a shingle set: min over shingles of (a*x + b) mod p, x = crc32 (a*x < 2**64)."""
-    x = np.fromiter((zlib.crc32(s.encode()) for s in sh), dtype=np.uint64, count=len(sh))   # (S,)
-    return ((_MH[0][:, None] * x[None, :] + _MH[1][:, None]) % _P).min(axis=1)             # (128,)
-
-
-def dedup(records, threshold=NEAR_DUP_JACCARD, bands=32):
+def dedup(records, threshold=NEAR_DUP_JACCARD, workers=1):
     """Drop exact duplicates (after whitespace normalisation), then near duplicates: records whose word 5-gram
-    Jaccard similarity with an earlier kept record is >= threshold. MinHash LSH (32 bands of 4 rows) proposes
-    candidates, the exact Jaccard decides. Keeps the first of each group, so the input order decides."""
-    seen, kept, buckets, kept_sh = set(), [], {}, []
-    removed = {"exact": 0, "near": 0, "pairs": []}
-    for r in records:
-        h = hashlib.sha256(" ".join(r["text"].split()).encode()).hexdigest()
-        if h in seen:
-            removed["exact"] += 1
-            continue
-        seen.add(h)
-        sh = shingles(r["text"])
-        sig = minhash(sh).reshape(bands, -1)   # (bands, rows)
-        keys = [(b, sig[b].tobytes()) for b in range(bands)]
-        cands = {j for k in keys for j in buckets.get(k, ())}
-        match = next((j for j in sorted(cands) if len(sh & kept_sh[j]) / len(sh | kept_sh[j]) >= threshold), None)
-        if match is not None:
-            removed["near"] += 1
-            removed["pairs"].append([r["id"], kept[match]["id"]])
-            continue
-        for k in keys:
-            buckets.setdefault(k, []).append(len(kept))
-        kept.append(r)
-        kept_sh.append(sh)
-    return kept, removed
+    Jaccard similarity with an earlier kept record is >= threshold (MinHash LSH proposes, the exact Jaccard
+    decides; dedup.py). Keeps the first of each group, so the input order decides. For lists in memory; files
+    go through dedup_lines."""
+    texts = [r["text"] for r in records]
+    keep, exact, pairs = _find_duplicates(texts, len(texts), None, texts.__getitem__, threshold, workers)
+    return ([r for r, k in zip(records, keep) if k],
+            {"exact": exact, "near": len(pairs), "pairs": [[records[j]["id"], records[i]["id"]] for j, i in pairs]})
+
+
+def dedup_lines(path, offsets, threshold=NEAR_DUP_JACCARD, workers=1):
+    """dedup() over the JSONL lines of `path` at `offsets` (in that order): keep (n,) bool and the summary."""
+    reader = LineReader(path)
+    try:
+        items = ((i, reader(off)) for i, off in enumerate(offsets))
+        keep, exact, pairs = _find_duplicates(items, len(offsets), _record_text,
+                                              lambda i: _record((i, reader(offsets[i])))["text"], threshold, workers)
+        ids = lambda i: _record((i, reader(offsets[i])))["id"]  # noqa: E731
+        return keep, {"exact": exact, "near": len(pairs), "pairs": [[ids(j), ids(i)] for j, i in pairs]}
+    except ValueError as e:
+        raise SynthError(f"{path}: {e}") from None
+    finally:
+        reader.close()
+
+
+# ----------------------------------------------------------------------------- diversity
+class Diversity:
+    """Distinct constraint values, function names and word n-gram ratios (distinct / total), mergeable, so that
+    workers can count their share. N-grams are counted as hashes in a dd.DistinctCount sketch: exact up to
+    65,536 distinct ones, then estimated (relative error ~0.4 %)."""
+    KEYS = (("topic", "topics"), ("subtopic", "subtopics"), ("audience", "audiences"), ("style", "styles"),
+            ("difficulty", "difficulties"), ("function_name", "function_names"))
+
+    def __init__(self):
+        self.records = 0
+        self.values = {plural: set() for _, plural in self.KEYS}
+        self.names = set()
+        self.grams = {n: dd.DistinctCount() for n in (1, 2, 4)}
+
+    def add(self, records):
+        self.records += len(records)
+        for r in records:
+            c = r.get("constraints") or {}
+            for key, plural in self.KEYS:
+                if key in c:
+                    self.values[plural].add(c[key])
+            if "entry_point" in r:
+                self.names.add(r["entry_point"])
+        if records:
+            wh, n_words = dd.word_hashes([r["text"] for r in records])
+            for n, count in self.grams.items():
+                count.add(dd.ngram_hashes(wh, n_words, n))
+        return self
+
+    def merge(self, other):
+        self.records += other.records
+        for k, v in other.values.items():
+            self.values[k] |= v
+        self.names |= other.names
+        for n, count in self.grams.items():
+            count.merge(other.grams[n])
+        return self
+
+    def summary(self):
+        out = {"records": self.records}
+        out.update({f"distinct_{plural}": len(v) for plural, v in self.values.items() if v})
+        if self.names:
+            out["distinct_function_names_in_code"] = len(self.names)
+        for n, count in self.grams.items():
+            out[f"distinct_{n}gram_ratio"] = round(count.distinct() / count.total, 4) if count.total else 0.0
+        return out
 
 
 def diversity(records):
-    """Distinct constraint values and function names, and distinct word n-gram ratios (distinct / total)."""
-    cons = [r.get("constraints", {}) for r in records]
-    out = {"records": len(records)}
-    for key, plural in (("topic", "topics"), ("subtopic", "subtopics"), ("audience", "audiences"),
-                        ("style", "styles"), ("difficulty", "difficulties"), ("function_name", "function_names")):
-        vals = [c[key] for c in cons if key in c]
-        if vals:
-            out[f"distinct_{plural}"] = len(set(vals))
-    names = [r["entry_point"] for r in records if "entry_point" in r]
-    if names:
-        out["distinct_function_names_in_code"] = len(set(names))
-    for n in (1, 2, 4):
-        grams = Counter()
-        for r in records:
-            w = words(r["text"])
-            grams.update(tuple(w[i:i + n]) for i in range(len(w) - n + 1))
-        total = sum(grams.values())
-        out[f"distinct_{n}gram_ratio"] = round(len(grams) / total, 4) if total else 0.0
-    return out
+    return Diversity().add(list(records)).summary()
 
 
 def _diversity_summary(d):
@@ -551,7 +795,7 @@ def load_benchmarks(against):
         try:
             problems = load_problems(src, split="all")
         except EvalError as e:
-            raise SystemExit(f"error: --against {src}: {e}")
+            raise SynthError(f"--against {src}: {e}")
         for tid, p in problems.items():
             key = tid if tid not in bench else f"{Path(src).name}:{tid}"
             bench[key] = p["prompt"] + p["canonical_solution"]
@@ -559,35 +803,41 @@ def load_benchmarks(against):
 
 
 def ngrams(text, n=NGRAM):
-    # lower-cased words only: punctuation runs such as ") -> List[int]:" would make generic 13-grams
+    """The word n-grams of a text, in order. Lower-cased words only: punctuation runs such as ") -> List[int]:"
+    would make generic 13-grams."""
     w = re.findall(r"\w+", text.lower())
-    return {" ".join(w[i:i + n]) for i in range(len(w) - n + 1)}
+    return [" ".join(w[i:i + n]) for i in range(len(w) - n + 1)]
 
 
-class _Normalise(ast.NodeTransformer):
-    """Drops docstrings; names, comments and constant values never reach the node-type sequence anyway."""
-    def _strip_doc(self, node):
-        self.generic_visit(node)
-        if node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) \
-                and isinstance(node.body[0].value.value, str):
-            node.body = node.body[1:] or [ast.Pass()]
-        return node
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _strip_doc
+# one character per AST node type, fixed by the ast module itself, so every process spells a signature alike
+_TYPE_CHAR = {name: chr(0x4E00 + i) for i, name in enumerate(sorted(
+    name for name, c in vars(ast).items() if isinstance(c, type) and issubclass(c, ast.AST)))}
+_DOC_OWNERS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_NO_BODY = [ast.Pass()]   # what a body that held only its docstring becomes
 
 
-_TYPE_CHAR = {}
+def _is_docstring(stmt):
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
 
 
 def ast_signature(fn):
-    """A function as a string of node types in pre-order (one character per type, so difflib works on str)."""
-    fn = _Normalise().visit(fn)
-    out = []
-
-    def walk(node):
-        out.append(_TYPE_CHAR.setdefault(type(node).__name__, chr(0x4E00 + len(_TYPE_CHAR))))
-        for child in ast.iter_child_nodes(node):
-            walk(child)
-    walk(fn)
+    """A function as a string of node types in pre-order (one character per type, so difflib works on str).
+    Docstrings are left out (here and in nested functions and classes); names, comments and constant values
+    never reach the node types anyway. An explicit stack, not recursion: this runs for every record."""
+    out, stack = [], [fn]
+    while stack:
+        node = stack.pop()
+        out.append(_TYPE_CHAR[type(node).__name__])
+        children = []
+        for field in node._fields:
+            value = getattr(node, field, None)
+            if isinstance(value, ast.AST):
+                children.append(value)
+            elif isinstance(value, list):
+                if field == "body" and isinstance(node, _DOC_OWNERS) and value and _is_docstring(value[0]):
+                    value = value[1:] or _NO_BODY
+                children.extend(v for v in value if isinstance(v, ast.AST))
+        stack.extend(reversed(children))
     return "".join(out)
 
 
@@ -600,7 +850,9 @@ def function_signatures(text):
 
 def _signatures(src):
     try:
-        tree = ast.parse(src)
+        with warnings.catch_warnings():   # e.g. "invalid escape sequence": the code's business, not ours
+            warnings.simplefilter("ignore")
+            tree = ast.parse(src)
     except (SyntaxError, ValueError):
         return None
     # top-level functions and methods: a nested helper is part of its function's signature, not one of its own
@@ -608,44 +860,144 @@ def _signatures(src):
     return [ast_signature(n) for n in tops if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
 
 
-def ast_match(sig, bench_sigs, tau):
-    """Best (ratio, task) with difflib ratio >= tau, or None; cheap upper bounds prune most pairs first."""
-    best = None
-    for task, bsig in bench_sigs:
-        if 2 * min(len(sig), len(bsig)) / (len(sig) + len(bsig)) < tau:   # the bound real_quick_ratio gives
-            continue
-        sm = difflib.SequenceMatcher(None, sig, bsig, autojunk=False)
-        if sm.quick_ratio() < tau:
-            continue
-        ratio = sm.ratio()
-        if ratio >= tau and (best is None or ratio > best[0]):
-            best = (ratio, task)
-    return best
+def _type_counts(sig):
+    return np.bincount(np.frombuffer(sig.encode("utf-32-le"), dtype=np.uint32) - 0x4E00, minlength=len(_TYPE_CHAR))
 
 
-def decontaminate(records, bench, tau=TAU):
+class Benchmarks:
+    """What decontamination compares against: each benchmark 13-gram with its first task, and each benchmark
+    function's AST signature with its node-type counts (for the quick_ratio bound of all of them in one numpy
+    operation) and a difflib matcher that keeps the benchmark side's tables between records."""
+
+    def __init__(self, bench):
+        self.tasks = sorted({t.split("/")[0] for t in bench})
+        self.gram_task = {}
+        for task, src in bench.items():
+            for g in ngrams(src):
+                self.gram_task.setdefault(g, task)
+        self.sigs = [(task, s) for task, src in bench.items() for s in function_signatures(src)]
+        self.counts = np.array([_type_counts(s) for _, s in self.sigs]).reshape(len(self.sigs), len(_TYPE_CHAR))
+        self.lens = self.counts.sum(axis=1)
+        self.matchers = {}
+
+    def best_match(self, sig, tau):
+        """Best (ratio, task) with difflib ratio >= tau, or None; the first task wins a tie."""
+        # quick_ratio (2 x common node types / total length) bounds the ratio: prune with it, all at once
+        quick = 2 * np.minimum(self.counts, _type_counts(sig)).sum(axis=1) / (self.lens + len(sig))
+        best = None
+        for b in np.flatnonzero(quick >= tau).tolist():
+            sm = self.matchers.get(b)
+            if sm is None:
+                sm = self.matchers[b] = difflib.SequenceMatcher(None, "", self.sigs[b][1], autojunk=False)
+            sm.set_seq1(sig)
+            ratio = sm.ratio()
+            if ratio >= tau and (best is None or ratio > best[0]):
+                best = (ratio, self.sigs[b][0])
+        return best
+
+
+def contamination(text, bench, min_tau):
+    """What every threshold >= min_tau needs to know about one text: None (clean), ("13gram", task, gram) for the
+    first benchmark 13-gram in it, or ("ast", [best (ratio, task) >= min_tau or None, one per function])."""
+    hit = next((g for g in ngrams(text) if g in bench.gram_task), None)
+    if hit:
+        return ("13gram", bench.gram_task[hit], hit)
+    best = [bench.best_match(s, min_tau) for s in function_signatures(text)]
+    return ("ast", best) if any(best) else None
+
+
+def removal_at(verdict, tau):
+    """The removal of a text at threshold tau, from its contamination() verdict: None or {reason, task, ...}.
+    At tau, the first function whose best ratio is >= tau decides, as a single run at tau would find."""
+    if verdict is None:
+        return None
+    if verdict[0] == "13gram":
+        return {"reason": "13gram", "task": verdict[1], "ngram": verdict[2]}
+    m = next((m for m in verdict[1] if m and m[0] >= tau), None)
+    return {"reason": "ast", "task": m[1], "ratio": round(m[0], 4)} if m else None
+
+
+_WORKER = {}
+
+
+def _init_worker(bench, taus, want_diversity):
+    _WORKER.update(bench=bench, taus=taus, diversity=want_diversity)
+
+
+def _final_chunk(items):
+    """A worker's share of the final pass: each record's number and verdict (None when clean, or when there is
+    nothing to decontaminate against), and the diversity of the records the first threshold keeps."""
+    bench, taus = _WORKER["bench"], _WORKER["taus"]
+    out, kept = [], []
+    for item in items:
+        r = _record(item)
+        v = contamination(r["text"], bench, min(taus)) if bench else None
+        out.append((item[0], (r["id"], v) if v else None))
+        if _WORKER["diversity"] and removal_at(v, taus[0]) is None:
+            kept.append(r)
+    return out, Diversity().add(kept) if _WORKER["diversity"] else None
+
+
+def _decontaminate(items, bench, taus, workers, on_settled, diversity=False, chunk=64):
+    """The final pass over `items` ((number, JSONL line or dict), in order) on `workers` processes: per threshold
+    its report (None without a benchmark), the diversity of what the first threshold keeps, and, in order,
+    on_settled(number, kept at the first threshold) for every record."""
+    b = Benchmarks(bench) if bench else None
+    removed = {t: [] for t in taus}
+    div, checked = Diversity(), 0
+    for verdicts, part in dd.parallel_map(_final_chunk, dd.chunked(items, chunk), workers, _init_worker,
+                                          (b, taus, diversity)):
+        for i, v in verdicts:
+            checked += 1
+            for t in taus:
+                rm = removal_at(v[1], t) if v else None
+                if rm:
+                    removed[t].append({"id": v[0], **rm})
+            on_settled(i, not (v and removal_at(v[1], taus[0])))
+        if part:
+            div.merge(part)
+    reports = [{"checked": checked, "kept": checked - len(removed[t]), "tau": t, "benchmarks": b.tasks,
+                "removed_13gram": sum(x["reason"] == "13gram" for x in removed[t]),
+                "removed_ast": sum(x["reason"] == "ast" for x in removed[t]), "removed": removed[t]}
+               for t in taus] if b else None
+    return reports, div.summary() if diversity else None
+
+
+def decontaminate(records, bench, tau=TAU, workers=1):
     """Remove records sharing a 13-gram with a benchmark prompt+solution, or holding a function whose AST
-    node-type sequence matches a benchmark function's with difflib ratio >= tau. Returns (kept, report)."""
-    gram_task = {}
-    for task, src in bench.items():
-        for g in ngrams(src):
-            gram_task.setdefault(g, task)
-    bench_sigs = [(task, s) for task, src in bench.items() for s in function_signatures(src)]
-    kept, removed = [], []
-    for r in records:
-        hit = next((g for g in ngrams(r["text"]) if g in gram_task), None)
-        if hit:
-            removed.append({"id": r["id"], "reason": "13gram", "task": gram_task[hit], "ngram": hit})
-            continue
-        match = next((m for m in (ast_match(s, bench_sigs, tau) for s in function_signatures(r["text"])) if m), None)
-        if match:
-            removed.append({"id": r["id"], "reason": "ast", "task": match[1], "ratio": round(match[0], 4)})
-            continue
-        kept.append(r)
-    report = {"checked": len(records), "kept": len(kept), "tau": tau, "benchmarks": sorted({t.split("/")[0]
-              for t in bench}), "removed_13gram": sum(x["reason"] == "13gram" for x in removed),
-              "removed_ast": sum(x["reason"] == "ast" for x in removed), "removed": removed}
-    return kept, report
+    node-type sequence matches a benchmark function's with difflib ratio >= tau. Returns (kept, report).
+    For lists in memory; files go through decontaminate_lines (several thresholds in one pass)."""
+    kept = []
+    reports, _ = _decontaminate(enumerate(records), bench, (tau,), workers,
+                                lambda i, keep: keep and kept.append(records[i]))
+    return kept, reports[0]
+
+
+def decontaminate_lines(path, offsets, bench, taus, workers, out, diversity=False):
+    """The final pass over the JSONL lines of `path` at `offsets`: writes the lines the first threshold keeps to
+    `out` (atomically; None: nowhere); returns (per-threshold reports or None without a benchmark, diversity)."""
+    reader, tmp = LineReader(path), Path(str(out) + ".tmp") if out else None
+    lines = {}   # the lines of the chunks in flight, until they are settled
+
+    def items():
+        for i, off in enumerate(offsets):
+            lines[i] = line = reader(off)
+            yield i, line
+
+    try:
+        with open(tmp or os.devnull, "wb") as f:
+            def settle(i, keep):
+                line = lines.pop(i)
+                if keep:
+                    f.write(line)
+            reports, div = _decontaminate(items(), bench, taus, workers, settle, diversity)
+    except ValueError as e:
+        raise SynthError(f"{path}: {e}") from None
+    finally:
+        reader.close()
+    if tmp:
+        os.replace(tmp, out)
+    return reports, div
 
 
 def _decon_summary(d):
@@ -655,24 +1007,200 @@ def _decon_summary(d):
             f"kept {d['kept']}" + (f"; most matched: {top}" if top else ""))
 
 
-# ----------------------------------------------------------------------------- CLI
-def _read_input(path):
-    if not Path(path).exists():
-        raise SystemExit(f"error: {path}: no such file")
+# ----------------------------------------------------------------------------- benchmark
+# The issue's figures for the implementation before dedup.py (2-core CPU machine, 2026-12-01): records, wall s,
+# peak RSS GB of `synth.py dedup`; `decontaminate` ran on one core at 650 exercise-sized records/s in 185 MB.
+BEFORE = {("exercises", 20_000): (14.4, 0.64), ("exercises", 100_000): (66.0, 2.81),
+          ("textbooks", 20_000): (36.6, 1.53)}
+BEFORE_DECONTAMINATE = (650, 0.185)
+
+
+def stdlib_functions(min_bytes=300, max_bytes=2000):
+    """Every function and method of this Python's standard library of that size, dedented (an exercise's shape)."""
+    import sysconfig
+    import textwrap
+    out = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        if "site-packages" in path.parts:
+            continue
+        try:
+            src = path.read_text("utf-8")
+            tree = ast.parse(src)
+        except (SyntaxError, ValueError, UnicodeDecodeError):
+            continue
+        lines = src.splitlines(keepends=True)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                fn = textwrap.dedent("".join(lines[node.lineno - 1:node.end_lineno]))
+                if min_bytes <= len(fn.encode()) <= max_bytes:
+                    out.append(fn)
+    return out
+
+
+def _variant(fn, v):
+    """Copy v of a function: every identifier but keywords and builtins gets the suffix _v (v = 0: as it is),
+    so copies share their AST but hardly a shingle, as different exercises on the same idea would."""
+    import builtins
+    import keyword
+    if v == 0:
+        return fn
+    return re.sub(r"\b[A-Za-z_]\w*\b", lambda m: m.group() if keyword.iskeyword(m.group()) or hasattr(
+        builtins, m.group()) else f"{m.group()}_{v}", fn)
+
+
+def build_corpora(folder, n_exercises, n_textbooks):
+    """exercises.jsonl: n_exercises standard-library functions (their variants once the library runs out);
+    textbooks.jsonl: n_textbooks sections of four of them in ```python blocks between lines of prose."""
+    fns = stdlib_functions()
+    ex = Path(folder) / "exercises.jsonl"
+    with open(ex, "w", encoding="utf-8") as f:
+        for i in range(n_exercises):
+            f.write(json.dumps({"id": f"ex{i}", "text": _variant(fns[i % len(fns)], i // len(fns))}) + "\n")
+    tb = Path(folder) / "textbooks.jsonl"
+    with open(tb, "w", encoding="utf-8") as f:
+        for i in range(n_textbooks):
+            parts = [_variant(fns[(4 * i + k) % len(fns)], (4 * i + k) // len(fns)) for k in range(4)]
+            text = "".join(f"## Part {k + 1}\n\nThe next function shows one more idea of this section; read it "
+                           f"line by line.\n\n```python\n{p}```\n\n" for k, p in enumerate(parts))
+            f.write(json.dumps({"id": f"tb{i}", "text": text}) + "\n")
+    return ex, tb, len(fns)
+
+
+def _measure(args):
+    """Run `python synth.py ARGS` in a fresh process: (the records/s it prints, which leaves out Python's start and
+    imports; CPU seconds of it and its workers; peak RSS in GB of its main process; peak of the summed RSS of it
+    and its workers). Memory is read from /proc every 20 ms (rusage's would count the bench's own: a child's peak
+    starts from its parent's); CPU time is rusage's (the workers' included: they are waited for)."""
+    import subprocess
+
+    from data import tree_rss   # lazy: only the benchmark reads /proc
+
+    def high_water(pid):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0) * 1024
+        except OSError:
+            return 0
+
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], stdout=out)
+        main_peak = all_peak = 0
+        while True:
+            pid, code, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            main_peak = max(main_peak, high_water(proc.pid))
+            all_peak = max(all_peak, tree_rss(proc.pid))
+            time.sleep(0.02)
+        proc.returncode = os.waitstatus_to_exitcode(code)
+        out.seek(0)
+        rate = re.search(r"\(([\d.]+) records/s on", out.read())
+    if proc.returncode or not rate:
+        raise SynthError(f"bench: synth.py {' '.join(args)} failed ({proc.returncode})", status=1)
+    return float(rate.group(1)), usage.ru_utime + usage.ru_stime, main_peak / 2 ** 30, all_peak / 2 ** 30
+
+
+def bench(folder, n_exercises, n_textbooks, workers):
+    """Records/s and peak memory of `synth.py dedup` and `decontaminate` on corpora from the standard library,
+    beside the figures before dedup.py, and the projection for the paper's 880 k exercises and 1.3 M textbooks.
+    The corpora go to `folder` (kept, and reused by the next run) or to a temporary directory (deleted).
+
+    Besides the wall-clock rate (which on a shared machine depends on what else runs), each run's CPU time, less
+    that of the same command on an empty file (Python's start, imports, loading the benchmarks), gives the CPU
+    time per record, and from it the rate on `workers` otherwise idle cores."""
+    tmp = Path(folder or tempfile.mkdtemp(prefix="synth-bench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    load = lambda: "load %.2f %.2f %.2f" % os.getloadavg()  # noqa: E731
+    n_small = min(20_000, n_exercises)
     try:
-        records = read_jsonl_resumable(path)
-    except ValueError as e:
-        raise SystemExit(f"error: {path}: not JSONL ({e})")
-    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict) or "text" not in r), None)
-    if bad is not None:
-        raise SystemExit(f"error: {path}: record {bad} has no 'text' field")
-    for i, r in enumerate(records):
-        r.setdefault("id", str(i))
-    return records
+        t0 = time.time()
+        ex, tb, small, empty = (tmp / "exercises.jsonl", tmp / "textbooks.jsonl", tmp / "exercises-20k.jsonl",
+                                tmp / "empty.jsonl")
+        if not all(p.exists() for p in (ex, tb, small)):
+            build_corpora(tmp, n_exercises, n_textbooks)
+            with open(ex, "rb") as f, open(small, "wb") as g:
+                for _ in range(n_small):
+                    g.write(f.readline())
+        empty.write_text("")
+        sizes = {p: p.stat().st_size for p in (ex, tb)}
+        print(f"corpora in {tmp} ({time.time() - t0:.0f} s): {n_exercises} exercise-sized records "
+              f"({sizes[ex] / n_exercises:.0f} B of JSON each), {n_textbooks} textbook-sized "
+              f"({sizes[tb] / n_textbooks:.0f} B); {workers} workers, {os.cpu_count()} CPUs, {load()}")
+        print("records/s: wall clock, without Python's start and imports; 'CPU' per record and 'idle' (the rate "
+              f"on {workers} otherwise idle cores) from the CPU time; 'before': the issue's figures")
+
+        def run(cmd, path, n, w, *extra):
+            args = [cmd, str(path), f"--workers={w}", f"--out={tmp / 'out.jsonl'}", *extra]
+            rate, cpu, gb, gb_all = _measure(args)
+            cpu0 = _measure([cmd, str(empty), f"--workers={w}", f"--out={tmp / 'out.jsonl'}", *extra])[1]
+            per = max(cpu - cpu0, 1e-9) / n
+            return rate, per, gb, gb_all, (f"{rate:6.0f} records/s, CPU {per * 1e3:.2f} ms/record (idle "
+                                           f"{w / per:6.0f} records/s), peak RSS {gb:.2f} GB (with workers "
+                                           f"{gb_all:.2f} GB)")
+
+        rows = {}
+        for kind, path, n in (("exercises", small, n_small), ("exercises", ex, n_exercises),
+                              ("textbooks", tb, n_textbooks)):
+            rate, per, gb, _, line = run("dedup", path, n, workers)
+            rows[kind, n] = workers / per, gb
+            before = BEFORE.get((kind, n))
+            print(f"dedup {kind:9s} {n:7d}: {line} | before: " + (
+                f"{n / before[0]:.0f} records/s, {before[1]} GB" if before else "not measured") + f" | {load()}",
+                flush=True)
+        per_record = max(rows["exercises", n_exercises][1] - rows["exercises", n_small][1], 0) * 2 ** 30 / max(
+            n_exercises - n_small, 1)
+        print(f"dedup memory per record (main process, {n_small} -> {n_exercises} records): {per_record:.0f} B")
+        decon = {}
+        for kind, path, n, w in (("exercises", small, n_small, 1), ("exercises", small, n_small, workers),
+                                 ("textbooks", tb, n_textbooks, workers)):
+            rate, per, gb, _, line = run("decontaminate", path, n, w, "--tau=0.95,0.9,0.85,0.8")
+            decon[kind, w] = rate, per
+            print(f"decontaminate {kind:9s} {n:7d}, 4 thresholds, {w} worker(s): {line} | before (1 core, 1 "
+                  f"threshold, exercises): {BEFORE_DECONTAMINATE[0]} records/s, {BEFORE_DECONTAMINATE[1]} GB | "
+                  f"{load()}", flush=True)
+        (r1, p1), (r2, p2) = decon["exercises", 1], decon["exercises", workers]
+        print(f"decontaminate, 1 -> {workers} workers: {r2 / r1:.2f}x wall clock at this load; "
+              f"{workers * p1 / p2:.2f}x on idle cores (from CPU time per record)")
+        base_gb = rows["exercises", n_small][1] - per_record * n_small / 2 ** 30
+        for kind, n, d, c in (("exercises", 880_000, rows["exercises", n_exercises][0], workers / p2),
+                              ("textbooks", 1_300_000, rows["textbooks", n_textbooks][0],
+                               workers / decon["textbooks", workers][1])):
+            print(f"projection for {n:,} {kind} on {workers} idle cores: dedup {_fmt_time(n / d)}, decontaminate "
+                  f"(4 thresholds) {_fmt_time(n / c)}, dedup memory {base_gb + per_record * n / 2 ** 30:.2f} GB")
+    finally:
+        if not folder:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- CLI
+def _taus(value):
+    try:
+        taus = tuple(float(x) for x in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected thresholds like 0.95,0.9,0.85,0.8, got {value!r}") from None
+    if not taus or any(t <= 0 for t in taus):
+        raise argparse.ArgumentTypeError(f"thresholds must be positive, got {value!r}")
+    return taus
+
+
+def _bool(value):
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def _input_lines(path):
+    """The offsets of the lines of a JSONL input (checked to exist; its records are checked as they are read)."""
+    if not Path(path).is_file():
+        raise SynthError(f"{path}: no such file")
+    return np.array([off for off, _ in jsonl_lines(path)], dtype=np.int64)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(prog="synth.py", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     for kind in ("textbook", "exercises"):
         g = sub.add_parser(kind, help=f"generate {kind} (resumable)")
@@ -683,7 +1211,7 @@ def main(argv=None):
         g.add_argument("--seed", type=int, default=0)
         g.add_argument("--base_url", default=os.environ.get("OPENAI_BASE_URL", BASE_URL))
         g.add_argument("--model", default=MODEL)
-        g.add_argument("--concurrency", type=int, default=CONCURRENCY)
+        g.add_argument("--concurrency", type=int, default=CONCURRENCY, help="requests in flight")
         g.add_argument("--temperature", type=float, default=TEMPERATURE)
         g.add_argument("--max_tokens", type=int, default=MAX_TOKENS[kind])
         g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
@@ -693,7 +1221,10 @@ def main(argv=None):
             g.add_argument("--verify", action="store_true", help="ask for asserts and run them in eval.py's sandbox")
         g.add_argument("--against", action="append", help="benchmarks to decontaminate against (default humaneval)")
         g.add_argument("--no_decontaminate", action="store_true")
-        g.add_argument("--tau", type=float, default=TAU)
+        g.add_argument("--tau", type=_taus, default=(TAU,), help="AST thresholds, e.g. 0.95,0.9,0.85,0.8: each is "
+                       "reported, the first one writes the data")
+        g.add_argument("--workers", type=int, default=None, help="processes for the final pass (default: all cores)")
+        g.add_argument("--dry_run", type=_bool, default=False, help="True: print the plan and its cost, send nothing")
     pv = sub.add_parser("preview", help="print the prompts a seed draws (no server)")
     pv.add_argument("kind", choices=["textbook", "exercises"])
     pv.add_argument("--seed", type=int, default=0)
@@ -704,23 +1235,40 @@ def main(argv=None):
     d.add_argument("input")
     d.add_argument("--out", help="default: INPUT with .dedup.jsonl")
     d.add_argument("--threshold", type=float, default=NEAR_DUP_JACCARD)
+    d.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     dc = sub.add_parser("decontaminate", help=f"remove {NGRAM}-gram and AST matches with benchmarks")
     dc.add_argument("input")
     dc.add_argument("--against", action="append", help="'humaneval' or a HumanEval/MBPP-format jsonl (repeatable)")
-    dc.add_argument("--tau", type=float, default=TAU)
+    dc.add_argument("--tau", type=_taus, default=(TAU,), help="AST thresholds, e.g. 0.95,0.9,0.85,0.8: each one's "
+                    "removals are reported, the first one's data written")
     dc.add_argument("--out", help="default: INPUT with .decontaminated.jsonl; report next to it (.json)")
+    dc.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     rp = sub.add_parser("report", help="diversity report")
     rp.add_argument("input")
+    bn = sub.add_parser("bench", help="records/s and peak memory of dedup and decontaminate on corpora built "
+                        "from the standard library")
+    bn.add_argument("--dir", default=None, help="where to build the corpora, kept and reused by the next run "
+                    "(default: a temporary directory, deleted afterwards)")
+    bn.add_argument("--exercises", type=int, default=100_000)
+    bn.add_argument("--textbooks", type=int, default=20_000)
     a = ap.parse_args(argv)
+    try:
+        run(a)
+    except SynthError as e:
+        print(f"synth.py: error: {e}", file=sys.stderr)
+        raise SystemExit(e.code) from None
 
+
+def run(a):
+    workers = getattr(a, "workers", None) or default_workers()
     if a.cmd in ("textbook", "exercises"):
         if (a.n_samples or a.n_tokens or 0) <= 0:
-            raise SystemExit("error: the target size must be positive")
+            raise SynthError("the target size must be positive")
         generate(a.cmd, a.out, n_samples=a.n_samples, n_tokens=a.n_tokens, seed=a.seed, base_url=a.base_url,
                  model=a.model, concurrency=a.concurrency, temperature=a.temperature, max_tokens=a.max_tokens,
                  verify=getattr(a, "verify", False), timeout=a.timeout, max_retries=a.max_retries,
-                 give_up_after=a.give_up_after,
-                 against=() if a.no_decontaminate else (a.against or ["humaneval"]), tau=a.tau)
+                 give_up_after=a.give_up_after, against=() if a.no_decontaminate else (a.against or ["humaneval"]),
+                 tau=a.tau, workers=workers, dry_run=a.dry_run)
     elif a.cmd == "preview":
         for i in range(a.start, a.start + a.n):
             c = draw_constraints(a.kind, a.seed, i)
@@ -728,23 +1276,47 @@ def main(argv=None):
             for m in build_messages(a.kind, c, a.verify):
                 print(f"[{m['role']}] {m['content']}")
     elif a.cmd == "dedup":
-        records = _read_input(a.input)
-        kept, rem = dedup(records, a.threshold)
+        t0 = time.time()
+        offsets = _input_lines(a.input)
+        keep, rem = dedup_lines(a.input, offsets, a.threshold, workers)
         out = a.out or str(Path(a.input).with_suffix(".dedup.jsonl"))
-        write_jsonl_atomic(out, kept)
-        print(f"dedup: {len(records)} records, removed {rem['exact']} exact and {rem['near']} near duplicates "
-              f"(Jaccard >= {a.threshold}), kept {len(kept)} -> {out}")
+        copy_lines(a.input, offsets[keep], out)
+        print(f"dedup: {len(offsets)} records, removed {rem['exact']} exact and {rem['near']} near duplicates "
+              f"(Jaccard >= {a.threshold}), kept {int(keep.sum())} -> {out}{_rate(len(offsets), t0, workers)}")
     elif a.cmd == "decontaminate":
-        records = _read_input(a.input)
-        kept, rep = decontaminate(records, load_benchmarks(a.against or ["humaneval"]), tau=a.tau)
+        t0 = time.time()
+        offsets = _input_lines(a.input)
         out = Path(a.out or Path(a.input).with_suffix(".decontaminated.jsonl"))
-        write_jsonl_atomic(out, kept)
-        out.with_suffix(".report.json").write_text(json.dumps(rep, indent=1))
-        print(_decon_summary(rep))
-        print(f"wrote {len(kept)} records to {out} "
-              f"(removed items and matched tasks: {out.with_suffix('.report.json')})")
+        reports, _ = decontaminate_lines(a.input, offsets, load_benchmarks(a.against or ["humaneval"]), a.tau,
+                                         workers, out)
+        write_text_atomic(out.with_suffix(".report.json"), json.dumps(_main_and_others(reports), indent=1))
+        for rep in reports:
+            print(_decon_summary(rep))
+        print(f"wrote {reports[0]['kept']} records (tau {a.tau[0]}) to {out} (removed items and matched tasks: "
+              f"{out.with_suffix('.report.json')}){_rate(len(offsets), t0, workers)}")
     elif a.cmd == "report":
-        print(json.dumps(diversity(_read_input(a.input)), indent=1))
+        offsets = _input_lines(a.input)
+        _, div = decontaminate_lines(a.input, offsets, None, (TAU,), workers, None, diversity=True)
+        print(json.dumps(div, indent=1))
+    elif a.cmd == "bench":
+        bench(a.dir, a.exercises, a.textbooks, workers)
+
+
+def _rate(n, t0, workers):
+    s = time.time() - t0
+    return f" in {s:.1f} s ({n / max(s, 1e-9):.0f} records/s on {workers} worker{'s' * (workers > 1)})"
+
+
+def copy_lines(path, offsets, out):
+    """The lines of `path` at `offsets`, in that order, into `out` (atomically)."""
+    reader, tmp = LineReader(path), Path(str(out) + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            for off in offsets:
+                f.write(reader(off))
+    finally:
+        reader.close()
+    os.replace(tmp, out)
 
 
 if __name__ == "__main__":

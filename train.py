@@ -4,6 +4,7 @@ from a laptop CPU to torchrun on many GPUs, in one file that reads top to bottom
 
     python train.py                      # a tiny phi on this interpreter's standard library, on CPU, in ~5 minutes
     python train.py --data=textbooks.jsonl,code/ --model=phi-1-small --batch_size=16
+    python train.py --prepare_only=True --data=out-filter/filtered.jsonl:0.7,data/textbooks.jsonl:0.3  # tokenize only
     torchrun --standalone --nproc_per_node=8 train.py --recipe=pretrain --data=... --compile=True
     torchrun --standalone --nproc_per_node=8 train.py --recipe=finetune --init_from=out/ckpt_024000.pt --data=...
     python train.py my_run.py --max_iters=100            # a config file of `key = value` lines, then overrides
@@ -11,20 +12,25 @@ from a laptop CPU to torchrun on many GPUs, in one file that reads top to bottom
 
 Every hyperparameter is a global just below, with a one-line comment. Precedence: these defaults < the recipe
 (--recipe=pretrain|finetune, the paper's two runs) < a config file < --key=value. Values are type-checked against
-the defaults. Each source in --data is tokenized once and cached (uint16) under cache_dir.
-Every step appends a JSON line to out_dir/log.jsonl; out_dir/ckpt.pt holds everything needed to resume exactly.
+the defaults. `--help` lists every key with its comment.
+Each source in --data is tokenized once into memory-mapped uint16 token files under cache_dir (data.py), and each
+sequence of a batch is drawn from a source with the source's weight. Every step appends a JSON line to
+out_dir/log.jsonl; out_dir/ckpt.pt holds everything needed to resume exactly; out_dir/lock keeps a second run out.
 """
 
 import ast
 import dataclasses
 import difflib
-import hashlib
+import fcntl
+import io
 import json
 import math
 import os
+import re
+import socket
 import sys
-import sysconfig
 import time
+import tokenize
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -33,6 +39,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from data import DataError, Source, benchmark, cache_path, fmt_time, load_tokens, prepare
 from model import EOT, Phi, PhiConfig, PRESETS, get_tokenizer, load_model
 
 _names_before_config = set(globals())
@@ -48,10 +55,12 @@ init_from = "scratch"          # "scratch", "resume" (out_dir/ckpt.pt), or a che
 sample_prompt = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'  # completed at the end
 sample_tokens = 64             # tokens sampled for that completion; 0 = none
 # data
-data = "stdlib"                # comma-separated: dirs of .py files, text files, JSONL with "text"; "stdlib" = Python's
-cache_dir = "data_cache"       # tokenized corpora, keyed by the sources' paths, sizes and mtimes
+data = "stdlib"                # comma-separated sources, each path[:weight]: dirs, .py/text files, .jsonl(.gz), Parquet
+text_column = ""               # the field holding the text: "" = "text" in JSONL, "content" in Parquet (The Stack)
+cache_dir = "data_cache"       # tokenized sources, one directory each, named by a hash of the source's content
 val_fraction = 0.02            # fraction of documents held out for the validation loss
 tokenizer_workers = 0          # processes for tokenizing; 0 = one per CPU core
+prepare_only = False           # only tokenize --data into cache_dir, then exit (with --bench=True: measure that)
 doc_mask = False               # attend only within a document (doc_ids from the <|endoftext|> positions)
 # model
 model = "tiny"                 # model.py preset: nano, tiny, phi-1-small, phi-1
@@ -67,7 +76,7 @@ gradient_accumulation_steps = 1  # micro-batches per step on each process; deriv
 learning_rate = 2e-3           # peak learning rate
 weight_decay = 0.1             # AdamW weight decay, on matrices and embeddings only
 beta1 = 0.9                    # AdamW betas: the paper does not give them; 0.9 / 0.95 is the usual for LLMs
-beta2 = 0.95
+beta2 = 0.95                   # (see beta1)
 grad_clip = 1.0                # clip the gradients' global norm to this (the paper is silent); 0 = off
 # schedule
 max_iters = 150                # optimizer steps
@@ -101,11 +110,14 @@ CHOICES = {"lr_schedule": ("linear", "cosine"), "dtype": ("auto", "float32", "bf
            "recipe": ("", *RECIPES), "model": tuple(PRESETS)}
 POSITIVE = ("eval_interval", "eval_iters", "log_interval", "block_size", "batch_size", "gradient_accumulation_steps",
             "max_iters", "bench_steps")
-CACHE_VERSION = 1  # bump when the cache format changes
 
 
 class UserError(Exception):
-    """Bad input: reported as one line, without a traceback."""
+    """Bad input: reported as one line, without a traceback (exit 2)."""
+
+
+class RunError(Exception):
+    """A failure while running (e.g. a full disk): reported as one line (exit 1)."""
 
 
 # -----------------------------------------------------------------------------
@@ -168,7 +180,10 @@ def parse_config(argv, defaults):
     """defaults < recipe < config file < --key=value; returns the full config dict."""
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
-        print("keys (default):\n" + "\n".join(f"  --{k}={v!r}" for k, v in defaults.items()))
+        comments = key_comments()
+        width = min(32, max(len(f"--{k}={v!r}") for k, v in defaults.items()))
+        print("keys (default, what it does):")
+        print("\n".join(f"  {f'--{k}={v!r}':<{width}}  {comments.get(k, '')}" for k, v in defaults.items()))
         sys.exit(0)
     from_file, from_cli = {}, {}
     for arg in argv:
@@ -196,6 +211,18 @@ def parse_config(argv, defaults):
     return config
 
 
+def key_comments():
+    """Each key's one-line comment, read from the block of globals at the top of this file."""
+    source = Path(__file__).read_text(encoding="utf-8")
+    comments = {t.start[0]: t.string.lstrip("# ") for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                if t.type == tokenize.COMMENT}
+    keys = {}
+    for lineno, line in enumerate(source.splitlines(), 1):
+        if m := re.match(r"(\w+) = ", line):
+            keys.setdefault(m[1], comments.get(lineno, ""))
+    return keys
+
+
 def derive_accumulation(global_batch, micro_batch, world_size, accumulation):
     """Micro-batches per step on each process, so that all of them together make the global batch."""
     if not global_batch:
@@ -218,128 +245,85 @@ def get_lr(step, max_lr, warmup, decay_end, final_lr, schedule):
 
 
 # -----------------------------------------------------------------------------
-# Data: documents -> one token stream with <|endoftext|> after each document (§2), cached as uint16
+# Data: each source is one memory-mapped token stream with <|endoftext|> after each document (§2), prepared by
+# data.py; each sequence of a batch comes from a source drawn with the source's weight
 
-def source_files(sources):
-    """The files of the comma-separated sources, in a stable order."""
-    files = []
-    for source in (s.strip() for s in sources.split(",")):
-        if not source:
+def parse_sources(spec):
+    """"a.jsonl:0.7,b/:0.3" -> ([paths], [weights]), or weights None: each source weighs its token count."""
+    paths, weights = [], []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
             continue
-        if source == "stdlib":
-            # ~12 MB of real Python; the test suites are skipped (they would double the time, and teach less)
-            root = Path(sysconfig.get_paths()["stdlib"])
-            skip = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
-        else:
-            root, skip = Path(source).expanduser(), {"__pycache__", ".git"}
-            if not root.exists():
-                raise UserError(f"data source not found: {source}")
-        if root.is_file():
-            files.append(root)
-            continue
-        found = sorted(p for p in root.rglob("*.py") if p.is_file() and not skip & set(p.relative_to(root).parts))
-        if not found:
-            raise UserError(f"no .py files in data directory {source}")
-        files.extend(found)
-    if not files:
+        path, weight = item, None
+        head, colon, tail = item.rpartition(":")
+        if colon:
+            try:
+                path, weight = head, float(tail)
+            except ValueError:
+                pass  # a colon inside the path
+        if weight is not None and not (weight > 0 and math.isfinite(weight)):
+            raise UserError(f"--data: the weight of {path} must be a positive number, got {tail}")
+        paths.append(path)
+        weights.append(weight)
+    if not paths:
         raise UserError("no data sources given (--data=...)")
-    return files
+    if len(set(paths)) < len(paths):
+        raise UserError(f"--data names a source twice: {spec}")
+    if all(w is None for w in weights):
+        return paths, None
+    if None in weights:
+        raise UserError(f"--data: give every source a weight, or none (then each weighs its token count): {spec}")
+    return paths, weights
 
 
-def read_documents(path):
-    """The documents in one file: each line's "text" for JSONL, else the whole file."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {e.start})")
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}")
-    if path.suffix != ".jsonl":
-        return [text] if text.strip() else []
-    docs = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)["text"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}, line {lineno}: expected a JSON object with a \"text\" field")
-        if not isinstance(doc, str):
-            raise UserError(f"{path}, line {lineno}: \"text\" must be a string")
-        if doc.strip():
-            docs.append(doc)
-    return docs
+def prepare_data(paths, cache_root, val_fraction, workers, column, builder, log):
+    """The cache directory of each source, tokenizing it first if there is none. Only `builder` (local rank 0)
+    tokenizes; the node's other processes find the same directory from the content hash and wait for it."""
+    if builder:
+        return [prepare(p, cache_root, val_fraction, workers or os.cpu_count() or 1, column, log) for p in paths]
+    caches = [cache_path(Source(p, column), cache_root, val_fraction) for p in paths]
+    while not all((c / "meta.json").exists() for c in caches):
+        time.sleep(0.5)
+    return caches
 
 
-def cache_key(files, val_fraction):
-    h = hashlib.sha256(f"v{CACHE_VERSION} n_vocab={get_tokenizer().n_vocab} val={val_fraction}".encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"\n{f.resolve()} {st.st_size} {st.st_mtime_ns}".encode())
-    return h.hexdigest()[:20]
+def load_mixture(paths, weights, caches, block, log):
+    """The sources' train and val streams (memory-mapped) and the probability of drawing a sequence from each."""
+    train, val = [], []
+    for path, cache in zip(paths, caches):
+        t, v = load_tokens(cache)
+        short = block + 2 - len(v)
+        if 0 < short < len(t) - block - 1:  # a tiny source: hold out enough of its train tail for one val sequence
+            t, v = t[:len(t) - short], np.concatenate([t[len(t) - short:], v])
+            log(f"data: {path}: the val split is shorter than a sequence, so the last {short} train tokens are held "
+                "out too")
+        for split, toks in (("train", t), ("val", v)):
+            if len(toks) <= block + 1:
+                raise UserError(f"the {split} split of {path} has {len(toks)} tokens, too few for block_size={block}; "
+                                "use more data or a smaller block_size")
+        train.append(t)
+        val.append(v)
+    probs = np.array(weights if weights else [len(t) for t in train], dtype=np.float64)
+    probs /= probs.sum()
+    if len(paths) > 1:
+        log("data mixture: " + ", ".join(f"{p} {q:.1%} ({len(t) / 1e6:,.1f} M tokens)"
+                                         for p, q, t in zip(paths, probs, train)))
+    return train, val, probs
 
 
-def tokenize_corpus(files, out, val_fraction, workers, log):
-    """Tokenize every document (several processes, progress shown) and write train.bin / val.bin / meta.json."""
-    t0 = time.time()
-    docs = [d for f in files for d in read_documents(f)]
-    total = sum(map(len, docs))
-    if not docs:
-        raise UserError(f"the corpus is empty: {len(files)} file(s) but no text in them")
-    tok = get_tokenizer()
-    ids, done, n_chunks = [], 0, 10  # ten calls to encode_batch, so that progress can be shown
-    bounds = np.linspace(0, len(docs), n_chunks + 1).astype(int)
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        ids += tok.encode_batch(docs[a:b], num_workers=workers or os.cpu_count())
-        done += sum(map(len, docs[a:b]))
-        elapsed = time.time() - t0
-        log(f"tokenizing {len(docs):,} documents: {done / 1e6:.1f}/{total / 1e6:.1f} MB ({done / total:.0%}), "
-            f"{elapsed:.0f}s, eta {elapsed / done * (total - done):.0f}s")
-    # whole documents go to validation, chosen by a fixed RNG so the split never depends on the run's seed
-    is_val = np.random.default_rng(0).random(len(docs)) < val_fraction
-    if is_val.all() or not is_val.any():  # too few documents to split: cut the one stream instead
-        stream = np.array([t for doc in ids for t in (*doc, EOT)], dtype=np.uint16)
-        cut = int(len(stream) * (1 - val_fraction))
-        train, val = stream[:cut], stream[cut:]
-    else:
-        train = np.array([t for doc, v in zip(ids, is_val) if not v for t in (*doc, EOT)], dtype=np.uint16)
-        val = np.array([t for doc, v in zip(ids, is_val) if v for t in (*doc, EOT)], dtype=np.uint16)
-    out.mkdir(parents=True)
-    train.tofile(out / "train.bin")
-    val.tofile(out / "val.bin")
-    meta = dict(files=len(files), documents=len(docs), bytes=total, train_tokens=len(train), val_tokens=len(val),
-                seconds=round(time.time() - t0, 1))
-    (out / "meta.json").write_text(json.dumps(meta))
-    return meta
+def draw(lengths, probs, batch, block, seed, *stream):
+    """The source and start of each sequence of one micro-batch, from (seed, *stream) alone: a resumed run, or
+    another number of processes, draws exactly the same."""
+    rng = np.random.default_rng([seed, *stream])
+    which = rng.choice(len(probs), size=batch, p=probs)                        # (B,)
+    starts = rng.integers(0, np.asarray(lengths)[which] - block - 1)          # (B,)
+    return which, starts
 
 
-def prepare_data(sources, cache_root, val_fraction, workers, builder, log):
-    """Path of the cached token files for these sources, tokenizing them first if no cache matches."""
-    files = source_files(sources)
-    path = Path(cache_root) / cache_key(files, val_fraction)
-    if (path / "meta.json").exists():
-        log(f"data: reusing cache {path}")
-    elif builder:
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        meta = tokenize_corpus(files, tmp, val_fraction, workers, log)
-        try:
-            os.rename(tmp, path)  # atomic: a cache directory is complete or absent
-        except OSError:  # another node's process finished the same corpus first
-            for f in tmp.iterdir():
-                f.unlink()
-            tmp.rmdir()
-        log(f"data: {meta['documents']:,} documents, {meta['bytes'] / 1e6:.1f} MB -> {meta['train_tokens']:,} train "
-            f"+ {meta['val_tokens']:,} val tokens in {meta['seconds']}s, cached in {path}")
-    else:  # other processes on this node wait for local rank 0 to write it
-        while not (path / "meta.json").exists():
-            time.sleep(0.5)
-    return path
-
-
-def get_batch(tokens, batch, block, seed, *stream):
-    """A batch of (input, target) windows, drawn from (seed, *stream) alone, so a resumed run sees the same data."""
-    starts = np.random.default_rng([seed, *stream]).integers(0, len(tokens) - block - 1, size=batch)
-    window = np.stack([tokens[s:s + block + 1] for s in starts]).astype(np.int64)  # (B, T+1)
+def get_batch(streams, probs, batch, block, seed, *stream):
+    """A batch of (input, target) windows from the sources' token streams."""
+    which, starts = draw([len(s) for s in streams], probs, batch, block, seed, *stream)
+    window = np.stack([streams[k][s:s + block + 1] for k, s in zip(which, starts)]).astype(np.int64)  # (B, T+1)
     x, y = np.ascontiguousarray(window[:, :-1]), np.ascontiguousarray(window[:, 1:])
     return torch.from_numpy(x), torch.from_numpy(y)  # (B, T), (B, T)
 
@@ -350,20 +334,63 @@ def document_ids(x):
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints: written atomically, so a kill during a save leaves the previous one intact
+# Checkpoints and out_dir: written atomically, so a kill during a save leaves the previous one intact
 
 def save_atomic(obj, path):
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:  # a full disk, Ctrl-C: no half-written file stays behind
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise RunError(f"cannot write {path}: {e.strerror or e} (the previous {path.name}, if any, is intact)")
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself must reach the disk
     finally:
         os.close(dir_fd)
+
+
+def load_checkpoint(path):
+    """The resume checkpoint, or one line saying what is wrong with it."""
+    if not path.exists():
+        raise UserError(f"init_from=resume but there is no checkpoint {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        missing = {"model", "model_args", "optimizer", "scaler", "step", "rng", "data"} - set(ckpt)
+    except Exception as e:  # torch reports a cut-short zip, an empty file or garbage in many different ways
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:120]
+        raise UserError(f"{path} is not a readable checkpoint ({reason}); it was probably cut short: delete it to "
+                        "start again, or finetune from a kept ckpt_NNNNNN.pt with --init_from=<it>")
+    if missing:
+        raise UserError(f"{path} is not a train.py resume checkpoint (it lacks {', '.join(sorted(missing))}); "
+                        "use --init_from=<it> to finetune from its weights")
+    return ckpt
+
+
+def lock_out_dir(out):
+    """Hold out_dir/lock while this run lives: a second run on the same out_dir is refused at start. The kernel
+    drops the lock when its process dies, however it dies, so a dead run's lock file never blocks the next one."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / "lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        raise UserError(f"{out} is in use by another run ({holder}); wait for it to end or choose another --out_dir")
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    for debris in out.glob("*.tmp"):  # a save that a SIGKILL cut short
+        debris.unlink()
+    return f
 
 
 def truncate_log(path, last_step):
@@ -382,22 +409,29 @@ def truncate_log(path, last_step):
     os.replace(tmp, path)
 
 
-def fmt_time(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 # -----------------------------------------------------------------------------
 
 def main(argv):
     defaults = {k: globals()[k] for k in config_keys}
     config = parse_config(argv, defaults)
     globals().update(config)  # from here on the globals above hold this run's values
+    paths, weights = parse_sources(data)
 
     # ---- processes and devices: DDP when launched by torchrun, else one process
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")) if ddp else (0, 0, 1)
     master = rank == 0  # only rank 0 logs and writes
+
+    def log(msg):
+        if master:
+            print(msg, flush=True)
+
+    if prepare_only:  # e.g. on a many-core CPU machine, so that the GPU job only maps the tokens
+        if bench:
+            benchmark(paths, tokenizer_workers or os.cpu_count() or 1, text_column, val_fraction, log)
+        else:
+            prepare_data(paths, cache_dir, val_fraction, tokenizer_workers, text_column, local_rank == 0, log)
+        return
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if dev.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -416,31 +450,22 @@ def main(argv):
                                                        gradient_accumulation_steps)
     tokens_per_step = accumulation * batch_size * world * block_size
     out = Path(out_dir)
-
-    def log(msg):
-        if master:
-            print(msg, flush=True)
+    lock = lock_out_dir(out) if master and not bench else None  # held until this process exits
+    ckpt = load_checkpoint(out / "ckpt.pt") if init_from == "resume" else None  # checked before any tokenizing
 
     # ---- data (before the process group starts, so tokenizer workers never fork a process holding NCCL)
     if not bench:
-        cache = prepare_data(data, cache_dir, val_fraction, tokenizer_workers, builder=local_rank == 0, log=log)
-        train_tokens = np.memmap(cache / "train.bin", dtype=np.uint16, mode="r")
-        val_tokens = np.memmap(cache / "val.bin", dtype=np.uint16, mode="r")
-        for split, toks in (("train", train_tokens), ("val", val_tokens)):
-            if len(toks) <= block_size + 1:
-                raise UserError(f"the {split} split has {len(toks)} tokens, too few for block_size={block_size}; "
-                                "use more data or a smaller block_size")
+        caches = prepare_data(paths, cache_dir, val_fraction, tokenizer_workers, text_column, local_rank == 0, log)
+        train_data, val_data, probs = load_mixture(paths, weights, caches, block_size, log)
+        seen = np.zeros(len(paths), np.int64)  # tokens drawn from each source so far
+        if ckpt and len(ckpt["data"].get("tokens_seen", [])) == len(paths):
+            seen[:] = ckpt["data"]["tokens_seen"]
     if ddp:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
 
     # ---- model and optimizer
-    ckpt = None
     torch.manual_seed(seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
-    if init_from == "resume":
-        ckpt_path = out / "ckpt.pt"
-        if not ckpt_path.exists():
-            raise UserError(f"init_from=resume but there is no checkpoint {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if ckpt is not None:
         cfg = PhiConfig(**ckpt["model_args"])  # the architecture is the checkpoint's
         net = Phi(cfg)
         net.load_state_dict(ckpt["model"])
@@ -450,7 +475,7 @@ def main(argv):
         if n_embd:
             overrides["n_inner"] = 4 * n_embd
         try:
-            cfg = PhiConfig.from_preset(config["model"], **overrides)
+            cfg = PhiConfig.from_preset(model, **overrides)
         except ValueError as e:
             raise UserError(str(e))
         net = Phi(cfg)
@@ -473,18 +498,23 @@ def main(argv):
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         start = ckpt["step"]
-    model = torch.compile(net) if compile else net  # `net` stays the plain module: checkpoints, generation
+    # `net` is the plain module (checkpoints, generation); `runner` is what runs forward/backward
+    runner = torch.compile(net) if compile else net
     if ddp:
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+        runner = DDP(runner, device_ids=[local_rank] if device_type == "cuda" else None)
     n_params = net.get_num_params()
     if recipe == "finetune" and init_from == "scratch":
         log("warning: the finetune recipe starts from phi-1-base: pass --init_from=<its checkpoint>")
-    log(f"model: {config['model'] if init_from == 'scratch' else init_from}, {n_params / 1e6:.1f} M parameters, "
+    if max_iters < warmup_iters and not bench:
+        log(f"warning: max_iters={max_iters} < warmup_iters={warmup_iters}: the learning rate stops at "
+            f"{get_lr(max_iters, learning_rate, warmup_iters, max_iters, min_lr, lr_schedule):.2e} and never reaches "
+            f"its peak {learning_rate:.2e}")
+    log(f"model: {model if init_from == 'scratch' else init_from}, {n_params / 1e6:.1f} M parameters, "
         f"{cfg.n_layer} layers x {cfg.n_embd} wide | {world} process(es) on {dev}, {dtype_name}"
         f"{', compiled' if compile else ''} | global batch {accumulation * batch_size * world} x {block_size} tokens "
         f"({batch_size} per micro-batch x {accumulation} accumulation x {world})")
 
-    def train_step(step, lr, batches):
+    def train_step(lr, batches):
         """One optimizer step over this process's micro-batches; returns the mean loss over all processes."""
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -493,9 +523,9 @@ def main(argv):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             last = micro == accumulation - 1
             # gradients are all-reduced once per step, in the last micro-batch's backward
-            with model.no_sync() if ddp and not last else nullcontext():
+            with runner.no_sync() if ddp and not last else nullcontext():
                 with autocast:
-                    _, loss = model(x, y, doc_ids=document_ids(x) if doc_mask else None)
+                    _, loss = runner(x, y, doc_ids=document_ids(x) if doc_mask else None)
                     loss = loss / accumulation
                 scaler.scale(loss).backward()
             total += loss.detach()
@@ -509,24 +539,30 @@ def main(argv):
             dist.all_reduce(total)  # a sum: gloo has no average
         return total.item() / world
 
+    # the global micro-batch index (rank, micro) keys each draw: every rank sees different data, and N ranks with
+    # accumulation A see exactly the batches one process with accumulation N x A would
     def train_batches(step):
-        # the global micro-batch index (rank, micro) keys the draw: every rank sees different data, and N ranks with
-        # accumulation A see exactly the batches one process with accumulation N x A would
         for micro in range(accumulation):
-            x, y = get_batch(train_tokens, batch_size, block_size, seed, 0, step, rank * accumulation + micro)
+            x, y = get_batch(train_data, probs, batch_size, block_size, seed, 0, step, rank * accumulation + micro)
             yield (x.pin_memory(), y.pin_memory()) if device_type == "cuda" else (x, y)
+
+    def tokens_drawn(step):
+        """Tokens each source gave this step over all processes (the draws are replayed: no communication)."""
+        lengths = [len(t) for t in train_data]
+        which = [draw(lengths, probs, batch_size, block_size, seed, 0, step, m)[0] for m in range(world * accumulation)]
+        return np.bincount(np.concatenate(which), minlength=len(paths)) * block_size
 
     @torch.no_grad()
     def val_loss():
-        model.eval()
+        runner.eval()
         total = torch.zeros((), device=dev)
         for k in range(eval_iters):  # the same batches at every evaluation, so the curve is not noisy from them
-            x, y = (t.to(dev) for t in get_batch(val_tokens, batch_size, block_size, seed, 1, rank, k))
+            x, y = (t.to(dev) for t in get_batch(val_data, probs, batch_size, block_size, seed, 1, rank, k))
             with autocast:
-                total += model(x, y, doc_ids=document_ids(x) if doc_mask else None)[1].float()
+                total += runner(x, y, doc_ids=document_ids(x) if doc_mask else None)[1].float()
         if ddp:
             dist.all_reduce(total)
-        model.train()
+        runner.train()
         return total.item() / eval_iters / world
 
     def sync():
@@ -543,14 +579,14 @@ def main(argv):
         for i in range(warmup + bench_steps):
             sync()
             t0 = time.time()
-            loss = train_step(i, learning_rate, [synthetic[i % 2]])
+            loss = train_step(learning_rate, [synthetic[i % 2]])
             sync()
             if i >= warmup:
                 times.append(time.time() - t0)
         tok_s = batch_size * block_size * world / (sum(times) / len(times))
         mfu = net.estimate_mfu(tok_s / world)
         name = torch.cuda.get_device_name() if device_type == "cuda" else "cpu"
-        log(f"bench: {config['model']}, batch {batch_size} x {block_size} per process, {world} x {name}, {dtype_name}"
+        log(f"bench: {model}, batch {batch_size} x {block_size} per process, {world} x {name}, {dtype_name}"
             f"{', compiled' if compile else ''}: {tok_s:,.0f} tokens/s ({tok_s / world:,.0f} per process), "
             f"{sum(times) / len(times) * 1000:.1f} ms/step over {bench_steps} steps after {warmup} warmup, "
             f"MFU {'n/a (no known peak for this device)' if mfu is None else f'{mfu:.1%}'}, last loss {loss:.3f}")
@@ -561,7 +597,6 @@ def main(argv):
     # ---- resume: restore this rank's RNG and drop the log lines the checkpoint does not cover
     log_path = out / "log.jsonl"
     if master:
-        out.mkdir(parents=True, exist_ok=True)
         if ckpt is not None:
             truncate_log(log_path, start)
         else:
@@ -595,10 +630,19 @@ def main(argv):
         # `net` is the plain module, so torch.compile's "_orig_mod." and DDP's "module." never reach the file
         weights = {"model": net.state_dict(), "model_args": dataclasses.asdict(cfg),
                    "step": step, "val_loss": last_val, "config": config}
-        save_atomic({**weights, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rngs,
-                     "data": {"cache": str(cache), "next_step": step + 1, "world_size": world}}, out / "ckpt.pt")
+        state = {**weights, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rngs,
+                 "data": {"caches": [str(c) for c in caches], "tokens_seen": seen.tolist(), "world_size": world}}
+        save_atomic(state, out / "ckpt.pt")
         if keep == "all" or step in keep:
             save_atomic(weights, out / f"ckpt_{step:06d}.pt")
+
+    def progress(r, eta):
+        """The printed line for log record r."""
+        return (f"step {r['step']}/{max_iters} | loss {r['loss']:.4f}"
+                + (f" | val loss {r['val_loss']:.4f}" if "val_loss" in r else "")
+                + f" | lr {r['lr']:.2e} | {r['tokens_per_s']:,.0f} tok/s"
+                + (f" | mfu {r['mfu']:.1%}" if "mfu" in r else "")
+                + f" | epochs {'/'.join(f'{e:.2f}' for e in r['epochs'].values())} | eta {fmt_time(eta)}")
 
     # ---- the loop
     log_file = open(log_path, "a") if master else None
@@ -608,17 +652,19 @@ def main(argv):
         if master:
             log_file.write(json.dumps({"step": 0, "val_loss": last_val}) + "\n")
             log_file.flush()
-    t_run, dt_avg = time.time(), None
+    t_run = t_ref = time.time()  # the ETA is measured from t_ref, after the first (slow: warmup, compile) steps
     for step in range(start + 1, max_iters + 1):
         t0 = time.time()
         lr = get_lr(step, learning_rate, warmup_iters, decay_end, min_lr, lr_schedule)
-        loss = train_step(step, lr, train_batches(step))
+        loss = train_step(lr, train_batches(step))
         sync()
         dt = time.time() - t0
-        dt_avg = dt if dt_avg is None or step <= start + 2 else 0.9 * dt_avg + 0.1 * dt  # skip compile warmup
+        seen += tokens_drawn(step)
         tok_s = tokens_per_step / dt
         mfu = net.estimate_mfu(tok_s / world)
-        record = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": round(tok_s, 1)}
+        record = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": round(tok_s, 1),
+                  "tokens_seen": dict(zip(paths, seen.tolist())),
+                  "epochs": {p: round(n / len(t), 4) for p, n, t in zip(paths, seen, train_data)}}
         if mfu is not None:
             record["mfu"] = round(mfu, 4)
         if step % eval_interval == 0 or step == max_iters:
@@ -626,17 +672,18 @@ def main(argv):
         if master:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
-        if step % log_interval == 0 or "val_loss" in record or step == start + 1:
-            log(f"step {step}/{max_iters} | loss {loss:.4f}"
-                + (f" | val loss {record['val_loss']:.4f}" if "val_loss" in record else "")
-                + f" | lr {lr:.2e} | {tok_s:,.0f} tok/s" + (f" | mfu {mfu:.1%}" if mfu is not None else "")
-                + f" | eta {fmt_time(dt_avg * (max_iters - step))}")
         if step % every == 0 or step == max_iters:
             checkpoint(step, last_val)
+        if step == start + 2:
+            t_ref = time.time()
+        per_step = (time.time() - t_ref) / (step - start - 2) if step > start + 2 else dt  # evals and saves included
+        if step % log_interval == 0 or "val_loss" in record or step == start + 1:
+            log(progress(record, per_step * (max_iters - step)))
     if master:
         log_file.close()
-        log(f"done: {max_iters - start} steps in {fmt_time(time.time() - t_run)}, final val loss "
-            f"{last_val:.4f}, checkpoint {out / 'ckpt.pt'}")
+        log(f"done: {max_iters - start} steps in {fmt_time(time.time() - t_run)}, final val loss {last_val:.4f}, "
+            f"checkpoint {out / 'ckpt.pt'} | tokens seen: "
+            + ", ".join(f"{p} {n:,} ({n / len(t):.2f} epochs)" for p, n, t in zip(paths, seen, train_data)))
         if sample_tokens:
             net.eval()
             tok = get_tokenizer()
@@ -647,14 +694,26 @@ def main(argv):
             print(f"sample (temperature 0.8):\n{sample_prompt}{tok.decode(new)}", flush=True)
     if ddp:
         dist.destroy_process_group()
+    if lock:
+        lock.close()
+
+
+def cli(argv):
+    """main() with every expected failure as one line: bad input exits 2, a failure while running 1, Ctrl-C 130."""
+    say = (lambda msg: print(f"train.py: {msg}", file=sys.stderr)) if os.environ.get("RANK", "0") == "0" \
+        else (lambda msg: None)
+    try:
+        main(argv)
+    except (UserError, DataError) as e:
+        say(f"error: {e}")
+        sys.exit(2)
+    except RunError as e:
+        say(f"error: {e}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        say("interrupted; nothing half-written was kept")
+        sys.exit(130)
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except UserError as e:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    cli(sys.argv[1:])

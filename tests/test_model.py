@@ -1,5 +1,5 @@
-"""Tests for model.py: the CodeGen tokenizer, parameter counts, equivalence with Hugging Face's PhiForCausalLM,
-and generation with the KV cache."""
+"""Tests for model.py: the CodeGen tokenizer, parameter counts, equivalence with Hugging Face's PhiForCausalLM and
+CodeGenForCausalLM, generation with the KV cache, and the sampling command line."""
 import shutil
 
 import pytest
@@ -188,6 +188,68 @@ def test_load_model_from_train_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a train.py checkpoint"):
         load_model(tmp_path)
 
+# ---------------------------------------------------------------------------- CodeGen (codegen-350M-mono's format)
+
+
+def _codegen_tiny(directory, n_embd, n_head, rotary_dim, seed=0):
+    """A random CodeGenForCausalLM saved to directory; biases and LayerNorms randomised so the conversion is tested."""
+    from transformers import CodeGenConfig, CodeGenForCausalLM
+    torch.manual_seed(seed)
+    cfg = CodeGenConfig(vocab_size=51200, n_positions=128, n_ctx=128, n_embd=n_embd, n_layer=2, n_head=n_head,
+                        rotary_dim=rotary_dim, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = CodeGenForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(directory)
+    return model
+
+
+# (width, heads, rotary dims): 32 of 64 per head as in codegen-350M-mono; 8 of 32; rotary over the whole head
+@pytest.mark.parametrize("n_embd,n_head,rotary_dim", [(256, 4, 32), (256, 8, 8), (128, 8, 16)])
+def test_codegen_checkpoint_loads_with_same_logits(tmp_path, n_embd, n_head, rotary_dim):
+    hf = _codegen_tiny(tmp_path, n_embd, n_head, rotary_dim)
+    ours = load_model(tmp_path)
+    assert (ours.config.n_embd, ours.config.n_head, ours.config.rotary_dim) == (n_embd, n_head, rotary_dim)
+    idx = torch.randint(0, 50295, (2, 45))
+    with torch.no_grad():
+        assert (ours(idx)[0] - hf(idx).logits).abs().max().item() < 1e-4
+        # and generation through our KV cache follows CodeGen's own greedy choices
+        ref = hf.generate(idx[:1, :5], attention_mask=torch.ones(1, 5, dtype=torch.long), max_new_tokens=6,
+                          min_new_tokens=6, do_sample=False, pad_token_id=0)[0, 5:].tolist()
+    assert ours.generate([idx[0, :5].tolist()], max_new_tokens=6, eos_token_id=None) == [ref]
+
+
+def test_codegen_unsupported_variant_is_a_clear_error(tmp_path):
+    import json
+    _codegen_tiny(tmp_path, 128, 8, 16)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "n_head": 6, "activation_function": "relu"}))
+    with pytest.raises(ValueError, match="unsupported CodeGen variant: activation_function='relu', n_head=6"):
+        Phi.from_pretrained(tmp_path)
+
+
+def test_codegen_directory_runs_through_eval_sample_and_filter_embedding(tmp_path):
+    import json
+    import eval as E
+    import filter
+    hf = _codegen_tiny(tmp_path / "codegen", 128, 8, 16)
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps({"task_id": "T/0", "prompt": "def f(x):\n    return", "entry_point": "f",
+                                    "canonical_solution": " x\n", "test": "def check(f):\n    assert f(1) == 1\n"}))
+    out = tmp_path / "samples.jsonl"
+    E.main(["sample", "--ckpt", str(tmp_path / "codegen"), "--problems", str(problems), "--max_new_tokens", "4",
+            "--device", "cpu", "--out", str(out)])
+    assert json.loads(out.read_text())["task_id"] == "T/0"
+    # the filter's features: CodeGen's final hidden states (after ln_f) mean-pooled over each file's tokens
+    texts = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.getcwd())\n"]
+    emb = filter.ModelEmbedder(tmp_path / "codegen", device="cpu").transform(texts)
+    tok = get_tokenizer()
+    with torch.no_grad():
+        ref = [hf.transformer(torch.tensor([tok.encode(t)])).last_hidden_state[0].mean(0).numpy() for t in texts]
+    assert emb.shape == (2, 128) and abs(emb - ref).max() < 1e-4
+
 # ---------------------------------------------------------------------------- generation
 
 
@@ -292,3 +354,54 @@ def test_cuda_graph_decoding_equals_recomputing_every_step():
     out = model.generate(prompts, max_new_tokens=16, eos_token_id=None)  # decode steps replay a CUDA graph
     for p, o in zip(prompts, out):
         assert o == _greedy_without_cache(model, p, 16)
+
+
+@needs_cuda
+def test_cuda_compiled_model_is_one_graph_through_the_kernel():
+    """torch.compile(fullgraph=True) fails on any graph break: with the Triton kernel as custom ops the whole model,
+    documents and attention dropout included, is one graph; compiled and eager agree, and the backward runs."""
+    torch.manual_seed(0)
+    model = Phi(PhiConfig.from_preset("tiny", attn_pdrop=0.1)).cuda().to(torch.bfloat16)
+    x = torch.randint(0, 1000, (2, 129), device="cuda")
+    doc_ids = (torch.arange(128, device="cuda") // 40).expand(2, 128)  # (B, T)
+    loss = lambda: model(x[:, :-1], x[:, 1:], doc_ids)[1]
+    compiled = torch.compile(loss, fullgraph=True)
+    model.eval()  # no dropout: the same function both ways
+    assert abs(compiled().item() - loss().item()) < 2e-2 * loss().item()
+    model.train()
+    compiled().backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())
+
+# ---------------------------------------------------------------------------- python model.py (sampling CLI)
+
+
+def test_sampling_cli_reads_any_checkpoint_and_a_prompt_file(tmp_path, capsys):
+    from dataclasses import asdict
+    from model import sample_main
+    tok = get_tokenizer()
+    nano = _trained_ish_model()
+    torch.save({"model": nano.state_dict(), "model_args": asdict(nano.config)}, tmp_path / "ckpt.pt")
+    codegen = _codegen_tiny(tmp_path / "codegen", 128, 8, 16)
+    (tmp_path / "prompt.txt").write_text("def fib(n):\n")
+    ids = tok.encode("def fib(n):\n")
+    for ckpt, model in [(tmp_path, nano), (tmp_path / "codegen", load_model(tmp_path / "codegen"))]:
+        sample_main([f"--ckpt={ckpt}", f"--prompt=FILE:{tmp_path / 'prompt.txt'}", "--max_new_tokens=8",
+                     "--temperature=0"])
+        expected = "def fib(n):\n" + tok.decode(model.generate([ids], max_new_tokens=8, temperature=0.0)[0])
+        assert capsys.readouterr().out == expected + "\n"
+    with torch.no_grad():  # the CodeGen sample is CodeGen's own greedy continuation
+        ref = codegen.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                               max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=EOT)[0, len(ids):]
+    sample_main([f"--ckpt={tmp_path / 'codegen'}", "--prompt=def fib(n):\n", "--max_new_tokens=5", "--temperature=0"])
+    assert capsys.readouterr().out.startswith("def fib(n):\n" + tok.decode([t for t in ref.tolist() if t != EOT]))
+
+
+@pytest.mark.parametrize("flag", ["--temprature=0.8", "--ckpt", "extra"])
+def test_sampling_cli_unknown_flag_is_an_error(flag):
+    import subprocess
+    import sys
+    from pathlib import Path
+    model_py = Path(__file__).resolve().parent.parent / "model.py"
+    proc = subprocess.run([sys.executable, str(model_py), flag], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"model.py: error: unknown argument {flag!r}")

@@ -1,6 +1,7 @@
 """Tests for synth.py: seeded prompts, exercise checks, dedup, decontamination, and resumable generation through
 a fake OpenAI-compatible server with injected faults (plus an opt-in run through a real llama.cpp server)."""
 import ast
+import io
 import json
 import os
 import re
@@ -126,8 +127,10 @@ def test_cli_dedup_report_preview(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("=== exercises-s3-") == 2 and "assert statements" in out
     (tmp_path / "bad.jsonl").write_text('{"no_text": 1}\n')
-    with pytest.raises(SystemExit, match="record 0 has no 'text' field"):
+    with pytest.raises(SystemExit) as exit_:
         synth.main(["report", str(tmp_path / "bad.jsonl")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"synth.py: error: {tmp_path / 'bad.jsonl'}: record 0 has no 'text' field\n"
 
 
 # ----------------------------------------------------------------------------- decontamination
@@ -194,9 +197,9 @@ def test_decontaminate_planted_humaneval():
     disguised = [r for r in recs if r["id"].startswith("disguised")]
     _, rep13 = synth.decontaminate(disguised, bench, tau=1.01)   # tau > 1 switches the AST match off
     assert rep13["removed_13gram"] <= 2
-    bench_sigs = [(task, s) for task, src in bench.items() for s in synth.function_signatures(src)]
+    index = synth.Benchmarks(bench)
     for r in disguised:
-        matches = [synth.ast_match(s, bench_sigs, synth.TAU) for s in synth.function_signatures(r["text"])]
+        matches = [index.best_match(s, synth.TAU) for s in synth.function_signatures(r["text"])]
         assert (1.0, r["id"].removeprefix("disguised-")) in matches
     assert rep["removed_ast"] >= len(tids) - 2
 
@@ -220,7 +223,34 @@ def test_decontaminate_cli_humaneval_and_mbpp(tmp_path):
     bad = subprocess.run([sys.executable, "synth.py", "decontaminate", str(tmp_path / "nope.jsonl")], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0
-    assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.jsonl'}: no such file"]
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [f"synth.py: error: {tmp_path / 'nope.jsonl'}: no such file"]
+
+
+def test_thresholds_in_one_pass_equal_separate_runs(tmp_path, capsys):
+    """--tau=0.95,0.9,0.85,0.8 on 2 workers reports for each threshold what a run at that threshold alone (1
+    worker) reports, and writes the first one's data. MBPP's solutions against HumanEval: lower tau removes more."""
+    if not MBPP.exists():
+        pytest.skip(f"{MBPP} not found")
+    data = tmp_path / "mbpp.jsonl"
+    data.write_text("".join(json.dumps({"id": f"m{p['task_id']}", "text": p["code"]}) + "\n"
+                            for p in map(json.loads, MBPP.read_text().splitlines())))
+    taus = [0.95, 0.9, 0.85, 0.8]
+    synth.main(["decontaminate", str(data), f"--tau={','.join(map(str, taus))}", "--workers=2",
+                f"--out={tmp_path / 'all.jsonl'}"])
+    printed = capsys.readouterr().out.splitlines()
+    multi = json.loads((tmp_path / "all.report.json").read_text())
+    reports = [{k: v for k, v in multi.items() if k != "other_taus"}] + multi["other_taus"]
+    assert [r["tau"] for r in reports] == taus
+    for tau, rep in zip(taus, reports):
+        synth.main(["decontaminate", str(data), f"--tau={tau}", "--workers=1", f"--out={tmp_path / f'{tau}.jsonl'}"])
+        alone = json.loads((tmp_path / f"{tau}.report.json").read_text())
+        assert rep == alone
+        assert any(f"(tau {tau}), kept {rep['kept']}" in line for line in printed)
+    assert (tmp_path / "all.jsonl").read_bytes() == (tmp_path / "0.95.jsonl").read_bytes()
+    removed = [r["checked"] - r["kept"] for r in reports]
+    assert removed == sorted(removed) and removed[0] < removed[-1]   # 4 < ... < ~100 of 974
+    assert reports[0]["removed_13gram"] >= 1
 
 
 # ----------------------------------------------------------------------------- generation through the fake server
@@ -229,7 +259,7 @@ def _gen_cmd(url, out, n, extra=()):
             "--concurrency=4", "--timeout=1.0", "--model=fake", *extra]
 
 
-def test_generation_faults_kill_and_resume(tmp_path):
+def test_generation_faults_kill_and_resume(tmp_path, monkeypatch):
     n = 40
     faults = dict(fault_rate=0.25, faults=("429", "500", "garbage", "slow", "drop"), slow_seconds=1.5)
     # reference: one uninterrupted run, in-process
@@ -251,10 +281,18 @@ def test_generation_faults_kill_and_resume(tmp_path):
         proc.wait()
         partial = read_jsonl_resumable(raw)   # a kill mid-write may leave a torn last line: resuming drops it
         assert n // 3 <= len(partial) < n, "the run was not killed midway"
-        res = subprocess.run(_gen_cmd(srv.base_url, out, n, ["--no_decontaminate"]), cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stderr
-        assert f"resuming with {len(partial)} records" in res.stderr and "ETA" in res.stderr
+        # resume in this process, watching every JSON decode: until the first request reaches the server, the
+        # resume reads only the heads of the raw and rejected lines (id, kind, seed, index, tokens), no text;
+        # at most the torn last line a kill leaves is decoded, to see whether it is whole
+        decoded, loads = [], json.loads
+        srv.requests.clear()
+        monkeypatch.setattr(synth.json, "loads",
+                            lambda s, *a, **k: decoded.append(len(srv.requests)) or loads(s, *a, **k))
+        log = io.StringIO()
+        synth.generate("exercises", out, n_samples=n, base_url=srv.base_url, model="fake", concurrency=4,
+                       timeout=1.0, against=(), workers=2, log=log)
+        assert sum(r == 0 for r in decoded) <= 1 and len(decoded) > n   # (the final pass decodes every record)
+        assert f"resuming with {len(partial)} records" in log.getvalue() and "ETA" in log.getvalue()
     ref, got = read(tmp_path / "ref" / "ex.jsonl"), read(out)
     assert got == ref                                             # same records, same order, nothing lost
     ids = [r["id"] for r in read(raw)]
@@ -312,6 +350,43 @@ def test_textbook_token_target(tmp_path):
     assert rep["generation"]["kept_tokens"] == total
     assert all({"topic", "subtopic", "audience", "style"} <= set(r["constraints"]) for r in raw)
     assert rep["generation"]["usage_this_run"]["completion_tokens"] > 0
+
+
+def test_dry_run_prints_the_plan_only(tmp_path, capsys):
+    out = tmp_path / "ex.jsonl"
+    synth.main(["exercises", f"--out={out}", "--n_samples=500", "--base_url=http://127.0.0.1:9/v1", "--dry_run=True"])
+    err = capsys.readouterr().err
+    plan = [line for line in err.splitlines() if "plan:" in line]
+    assert len(plan) == 1 and "500 more samples in about 500 requests" in plan[0]
+    per = int(re.search(r"\((\d+) per request\)", plan[0]).group(1))
+    assert 60 < per < 200                                         # an exercise prompt is ~100 tokens
+    assert f"at most {500 * synth.MAX_TOKENS['exercises']:,} completion tokens" in plan[0]
+    assert list(tmp_path.iterdir()) == []                          # nothing sent, nothing written
+    with pytest.raises(SystemExit) as exit_:
+        synth.main(["exercises", f"--out={out}", "--n_samples=5", "--dry_run=maybe"])
+    assert exit_.value.code == 2
+
+
+def test_requests_stay_in_flight(tmp_path):
+    """One slow answer does not hold the others up: while it is outstanding, the other slots keep working (the
+    old rounds of 4 x concurrency requests waited for their slowest)."""
+    slow_seed = zlib.crc32(synth.record_id("textbook", 0, 1).encode())
+    times = {}
+
+    def reply(messages, body):
+        start = time.time()
+        if body.get("seed") == slow_seed:
+            time.sleep(3.0)
+        times[body.get("seed")] = (start, time.time())
+        return fake_reply(messages, body)
+
+    with FakeOpenAIServer(reply) as srv:
+        rep = synth.generate("textbook", tmp_path / "tb.jsonl", n_tokens=3000, base_url=srv.base_url, model="fake",
+                             concurrency=2, against=(), log=open(os.devnull, "w"))
+    s0, s1 = times[slow_seed]
+    during = [seed for seed, (a, b) in times.items() if seed != slow_seed and a > s0 and b < s1]
+    assert len(during) > 4 * 2, len(during)   # more than a whole old round went by while it was outstanding
+    assert rep["generation"]["selected_tokens"] >= 3000
 
 
 # ----------------------------------------------------------------------------- opt-in: a real llama.cpp server

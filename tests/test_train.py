@@ -1,9 +1,11 @@
-"""Tests for train.py on CPU: config parsing, data cache, loss falling, exact resume after SIGKILL, DDP (gloo) equal
-to gradient accumulation, bench mode, and one-line errors on bad input. Runs train.py in subprocesses with the
-"nano" preset on a ~100 kB corpus copied from the standard library."""
+"""Tests for train.py on CPU: config parsing, data cache, weighted mixtures, loss falling, exact resume after SIGKILL,
+DDP (gloo) equal to gradient accumulation, bench mode, small corpora, and one-line errors on bad input and on the
+faults a user meets (a bad checkpoint, a full disk or Ctrl-C during a save, two runs on one out_dir). Runs train.py
+in subprocesses with the "nano" preset on a ~100 kB corpus copied from the standard library."""
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,6 +14,7 @@ import sysconfig
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +36,16 @@ def corpus(tmp_path_factory):
                  "fnmatch.py", "bisect.py", "heapq.py", "colorsys.py", "glob.py", "queue.py"):
         shutil.copy(stdlib / name, root / name.replace("/", "_"))
     return root
+
+
+@pytest.fixture(scope="module")
+def textbooks(tmp_path_factory):
+    """A second source for mixtures: JSONL records of other standard-library modules."""
+    path = tmp_path_factory.mktemp("textbooks") / "textbooks.jsonl"
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    names = ("calendar.py", "difflib.py", "pprint.py", "locale.py", "tokenize.py")
+    path.write_text("".join(json.dumps({"text": (stdlib / n).read_text()}) + "\n" for n in names))
+    return path
 
 
 def run(args, cwd, timeout=240, torchrun=False):
@@ -96,15 +109,34 @@ def test_lr_schedule():
 
 
 def test_batches_are_deterministic_and_documents_split_at_eot():
-    tokens = torch.arange(1000).numpy().astype("uint16")
-    x, y = train.get_batch(tokens, 4, 8, 1, 0, 5, 3)
-    x2, _ = train.get_batch(tokens, 4, 8, 1, 0, 5, 3)
-    x3, _ = train.get_batch(tokens, 4, 8, 1, 0, 5, 2)  # another micro-batch (or rank)
+    tokens = [torch.arange(1000).numpy().astype("uint16")]
+    x, y = train.get_batch(tokens, np.ones(1), 4, 8, 1, 0, 5, 3)
+    x2, _ = train.get_batch(tokens, np.ones(1), 4, 8, 1, 0, 5, 3)
+    x3, _ = train.get_batch(tokens, np.ones(1), 4, 8, 1, 0, 5, 2)  # another micro-batch (or rank)
     assert torch.equal(x, x2) and not torch.equal(x, x3)
     assert torch.equal(y[:, :-1], x[:, 1:]) and x.dtype == torch.int64
     eot = train.EOT
     ids = train.document_ids(torch.tensor([[5, 6, eot, 7, eot, eot, 8]]))
     assert ids.tolist() == [[0, 0, 1, 1, 2, 3, 3]]
+
+
+def test_mixture_weights_and_draws():
+    assert train.parse_sources("a.jsonl:0.7, b/:0.3") == (["a.jsonl", "b/"], [0.7, 0.3])
+    assert train.parse_sources("a,stdlib") == (["a", "stdlib"], None)
+    assert train.parse_sources("dir:with:colons") == (["dir:with:colons"], None)
+    for bad, msg in (("a:0.5,b", "every source a weight, or none"), ("a:0", "positive"), ("a,a", "twice"), (",", "no")):
+        with pytest.raises(train.UserError, match=msg):
+            train.parse_sources(bad)
+    # the fraction of sequences from each source matches the weights within sampling error
+    lengths, probs, block = [10_000, 50_000, 3_000], np.array([0.6, 0.3, 0.1]), 16
+    which = np.concatenate([train.draw(lengths, probs, 64, block, 7, 0, step, 0)[0] for step in range(500)])
+    frac, n = np.bincount(which, minlength=3) / len(which), len(which)
+    assert np.all(np.abs(frac - probs) < 4 * np.sqrt(probs * (1 - probs) / n)), frac
+    # every window lies inside its own source
+    streams = [np.full(n, k, np.uint16) for k, n in enumerate(lengths)]
+    x, y = train.get_batch(streams, probs, 256, block, 7, 0, 1, 0)
+    which, _ = train.draw(lengths, probs, 256, block, 7, 0, 1, 0)
+    assert (x == torch.from_numpy(which)[:, None]).all() and (y == x).all()
 
 
 # ---------------------------------------------------------------------------- runs (subprocesses)
@@ -132,9 +164,10 @@ def test_tiny_run_loss_falls_cache_reused_and_finetune(corpus, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ft").glob("ckpt_*.pt")) == ["ckpt_000001.pt", "ckpt_000002.pt"]
 
 
-def test_resume_after_sigkill_repeats_the_same_losses(corpus, tmp_path):
-    common = [*NANO, f"--data={corpus}", "--batch_size=8", "--eval_interval=4", "--lr_decay_iters=12",
-              "--warmup_iters=3", "--dropout=0.1", "--learning_rate=3e-3"]  # dropout: the RNG state must resume too
+def test_resume_after_sigkill_repeats_the_same_losses(corpus, textbooks, tmp_path):
+    # a mixture of two sources, and dropout: the RNG state must resume too
+    common = [*NANO, f"--data={corpus}:0.7,{textbooks}:0.3", "--batch_size=8", "--eval_interval=4",
+              "--lr_decay_iters=12", "--warmup_iters=3", "--dropout=0.1", "--learning_rate=3e-3"]
     ok(run([*common, "--out_dir=full", "--max_iters=12"], tmp_path))
     # the same run, but far longer (with the same schedule up to step 12), killed after step 6
     proc = subprocess.Popen([sys.executable, TRAIN, *common, "--out_dir=killed", "--max_iters=100000"],
@@ -151,12 +184,14 @@ def test_resume_after_sigkill_repeats_the_same_losses(corpus, tmp_path):
     resumed_at = torch.load(tmp_path / "killed" / "ckpt.pt", weights_only=True)["step"]
     assert 4 <= resumed_at < 12, f"killed too late (checkpoint at step {resumed_at})"
     ok(run([*common, "--out_dir=killed", "--max_iters=12", "--init_from=resume"], tmp_path))
-    strip = lambda log: [(e["step"], e.get("loss"), e.get("val_loss")) for e in log]
+    strip = lambda log: [(e["step"], e.get("loss"), e.get("val_loss"), e.get("tokens_seen")) for e in log]
     assert strip(read_log(tmp_path / "killed")) == strip(read_log(tmp_path / "full"))  # bit-identical
+    seen = read_log(tmp_path / "full")[-1]["tokens_seen"]
+    assert sum(seen.values()) == 12 * 8 * 32 and set(seen) == {str(corpus), str(textbooks)}
 
 
-def test_ddp_two_processes_equal_one_with_twice_the_accumulation(corpus, tmp_path):
-    common = [*NANO, f"--data={corpus}", "--max_iters=3", "--warmup_iters=1", "--eval_interval=3"]
+def test_ddp_two_processes_equal_one_with_twice_the_accumulation(corpus, textbooks, tmp_path):
+    common = [*NANO, f"--data={corpus}:0.5,{textbooks}:0.5", "--max_iters=3", "--warmup_iters=1", "--eval_interval=3"]
     ok(run([*common, "--out_dir=single", "--gradient_accumulation_steps=4"], tmp_path))  # builds the cache
     r = ok(run([*common, "--out_dir=ddp", "--gradient_accumulation_steps=2"], tmp_path, torchrun=True))
     assert "2 process(es)" in r.stdout
@@ -168,6 +203,7 @@ def test_ddp_two_processes_equal_one_with_twice_the_accumulation(corpus, tmp_pat
         torch.testing.assert_close(ddp[k], single[k], rtol=1e-4, atol=1e-5, msg=k)
     losses = lambda d: [e["loss"] for e in read_log(tmp_path / d)[1:]]
     assert losses("ddp") == pytest.approx(losses("single"), rel=1e-5)
+    assert read_log(tmp_path / "ddp")[-1]["tokens_seen"] == read_log(tmp_path / "single")[-1]["tokens_seen"]
 
 
 def test_bench_mode_runs_on_cpu(tmp_path):
@@ -188,7 +224,7 @@ def test_bad_input_is_one_clear_line(case, tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train.py: error:"), r.stderr
-    expected = {"missing": "not found: /no/such/dir", "empty": "corpus is empty", "not_utf8": "not UTF-8",
+    expected = {"missing": "not found: /no/such/dir", "empty": "nothing to train on", "not_utf8": "non-UTF-8 file: 1",
                 "bad_type": "expected int", "unknown_key": "did you mean batch_size"}[case]
     assert expected in lines[0]
 
@@ -198,3 +234,114 @@ def test_resume_drops_log_lines_after_the_checkpoint(tmp_path):
     log.write_text('{"step": 0, "val_loss": 9}\n{"step": 1, "loss": 8}\n{"step": 2, "loss": 7}\n{"step": 3, "lo')
     train.truncate_log(log, 1)  # resuming from the step-1 checkpoint; step 3's line was cut short by the kill
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0, 1]
+
+
+# ---------------------------------------------------------------------------- small corpora, small things, faults
+
+def test_tiny_corpora_train(corpus, tmp_path):
+    """1 and 9 documents (here two sources of one run): too few to hold whole documents out, so the tail of each
+    stream is its validation split."""
+    sources = []
+    for n_docs in (1, 9):
+        docs = tmp_path / f"docs{n_docs}"
+        docs.mkdir()
+        for f in sorted(corpus.iterdir())[:n_docs]:
+            shutil.copy(f, docs)
+        sources.append(str(docs))
+    r = ok(run([*NANO, f"--data={','.join(sources)}", "--max_iters=2", "--eval_interval=2", "--out_dir=out"],
+               tmp_path))
+    assert ": 1 documents" in r.stdout and ": 9 documents" in r.stdout
+    assert "warning: max_iters=2 < warmup_iters=15" in r.stdout  # the peak learning rate is never reached
+    assert [e["step"] for e in read_log(tmp_path / "out")] == [0, 1, 2]
+
+
+def test_help_prints_each_key_with_its_comment(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_config(["--help"], DEFAULTS)
+    out = capsys.readouterr().out
+    assert re.search(r"--warmup_iters=15 +linear warmup from 0 to learning_rate", out)
+    assert re.search(r"--prepare_only=False +only tokenize", out)
+
+
+def test_prepare_only_builds_the_cache_and_resume_checks_the_checkpoint_first(corpus, tmp_path):
+    r = ok(run([f"--data={corpus}", "--prepare_only=True", "--cache_dir=cache", "--tokenizer_workers=2"], tmp_path))
+    assert "tokenizing" in r.stdout and not (tmp_path / "out").exists()
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 1
+    # resuming without a checkpoint fails before any tokenizing
+    r = run([*NANO, f"--data={corpus}", "--cache_dir=fresh", "--init_from=resume"], tmp_path, timeout=60)
+    assert r.returncode == 2 and "no checkpoint" in r.stderr and "tokenizing" not in r.stdout
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_a_bad_checkpoint_is_one_line_naming_it(corpus, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    ckpt = out / "ckpt.pt"
+    torch.save({"model": {"w": torch.zeros(10_000)}, "step": 3}, ckpt)
+    whole = ckpt.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"", os.urandom(1000)):  # cut short by a kill, empty, garbage
+        ckpt.write_bytes(damaged)
+        with pytest.raises(train.UserError, match=f"{re.escape(str(ckpt))} is not a readable checkpoint .*delete it"):
+            train.load_checkpoint(ckpt)
+    ckpt.write_bytes(whole)  # readable, but not a resume checkpoint (weights only)
+    with pytest.raises(train.UserError, match="not a train.py resume checkpoint .*lacks data, model_args"):
+        train.load_checkpoint(ckpt)
+    # on the command line: one line, and before any tokenizing
+    ckpt.write_bytes(whole[:100])
+    r = run([*NANO, f"--data={corpus}", "--init_from=resume", "--cache_dir=fresh"], tmp_path, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith(f"train.py: error: {Path('out') / 'ckpt.pt'} is not a readable checkpoint")
+    assert "tokenizing" not in r.stdout and not (tmp_path / "fresh").exists()
+
+
+def run_patched(patch, args, cwd):
+    """train.py's command line in a process where `patch` (Python code) has replaced something first."""
+    script = f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport train, torch\n{patch}\ntrain.cli({args!r})\n"
+    return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=240)
+
+
+@pytest.mark.parametrize("fault", ["full_disk", "ctrl_c"])
+def test_a_failed_checkpoint_save_is_one_line_and_leaves_no_debris(fault, corpus, tmp_path):
+    # the second save (step 2) writes a few bytes, then the disk is full or the user presses Ctrl-C
+    error = "OSError(28, 'No space left on device')" if fault == "full_disk" else "KeyboardInterrupt"
+    patch = f"""
+real_save, calls = torch.save, []
+def save(obj, f):
+    calls.append(1)
+    if len(calls) == 2:
+        f.write(b"partial")
+        raise {error}
+    real_save(obj, f)
+torch.save = save
+"""
+    r = run_patched(patch, [*NANO, f"--data={corpus}", "--max_iters=2", "--ckpt_interval=1", "--eval_interval=2",
+                            "--out_dir=out"], tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    if fault == "full_disk":
+        assert r.returncode == 1 and "cannot write out/ckpt.pt: No space left on device" in lines[0]
+    else:
+        assert r.returncode == 130 and lines[0] == "train.py: interrupted; nothing half-written was kept"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ckpt.pt", "lock", "log.jsonl"]
+    assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["step"] == 1  # the previous one survives
+
+
+def test_a_second_run_on_one_out_dir_is_refused_but_not_by_a_dead_one(corpus, tmp_path):
+    # the first run: a process holding out_dir's lock exactly as train.py does, until it is killed
+    holder = subprocess.Popen([sys.executable, "-c", f"import sys, time\nsys.path.insert(0, {str(REPO)!r})\n"
+                               "import train\nlock = train.lock_out_dir(train.Path('out'))\nprint('locked', "
+                               "flush=True)\ntime.sleep(600)\n"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = run([*NANO, f"--data={corpus}", "--out_dir=out", "--max_iters=2"], tmp_path, timeout=60)
+        assert r.returncode == 2 and "out is in use by another run (pid " in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "tokenizing" not in r.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+    (tmp_path / "out" / "ckpt.pt.tmp").write_bytes(b"cut short by a SIGKILL")
+    train.lock_out_dir(tmp_path / "out").close()  # the dead run's lock file does not block; its debris is removed
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["lock"]

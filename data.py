@@ -1,0 +1,492 @@
+"""
+The training data of phi-1 (§2, §2.3): corpora read lazily, tokenized by a pool of workers, and kept as uint16
+token files that train.py memory-maps. phi-1 pretrains on CodeTextbook (about 6 B tokens of filtered The Stack and
+StackOverflow plus under 1 B of synthetic textbooks, ~25 GB of text), so nothing here holds a corpus in memory.
+
+    from data import Source, prepare
+    source = Source("the-stack/data/python")   # a .py dir, a text file, .jsonl, .jsonl.gz, Parquet files or dirs
+    for doc_id, text in source:                  # lazily, one file / JSONL line / Parquet record at a time
+        ...
+    print(source.skipped)                        # what could not be read, by reason
+    cache = prepare("the-stack/data/python", "data_cache", val_fraction=0.02, workers=16, log=print)
+
+`python train.py --prepare_only=True --data=...` runs `prepare` for each source and exits; add `--bench=True` for
+the throughput benchmark (MB/s, tokens/s, peak memory, beside raw tiktoken on the same documents).
+
+Sources. A directory gives every .py file below it (one document each) and every .jsonl, .jsonl.gz and .parquet
+file below it (one document per record); a file given directly is read by its suffix, and any other file is one
+text document. "stdlib" is the running interpreter's standard library, its test suites left out. JSONL records hold
+the text in "text", Parquet records in "content" (the layout The Stack ships in); `text_column` names another field.
+Bad input follows one rule in every source type: an unreadable or non-UTF-8 file or record is skipped and counted;
+a source with nothing usable in it, or a Parquet file without the text column, is an error.
+
+Preparation. The main process cuts a source into work units (about 1 MB of files or of JSONL lines, or one Parquet
+row group), in the sources' order; each worker reads its unit, tokenizes it and writes the tokens to a shard file,
+<|endoftext|> after each document; the main process appends finished shards to the source's train.bin and val.bin in
+unit order. Memory stays flat however large the corpus, only small unit descriptions and file names cross between
+processes, and the tokens are the same whatever the number of workers. A document is held out for validation when a
+hash of its tokens falls below val_fraction, so identical documents always land in the same split; a source with too
+few documents for that (the split would be far from val_fraction) holds out the tail of its stream instead.
+A cache directory is named by a hash of the sources' content (not their paths or modification times): an edit
+is always seen, and a moved or copied corpus still finds its cache.
+"""
+
+import gzip
+import hashlib
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import socket
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import zlib
+from collections import Counter, deque
+from pathlib import Path
+
+import numpy as np
+
+from model import CODEGEN_PATTERN, EOT, GPT2_RANKS_SHA256, get_tokenizer
+
+CACHE_VERSION = 2          # bump when the cache format changes
+UNIT_BYTES = 1 << 20       # input bytes per work unit: small enough to keep every worker busy on a 10 MB corpus
+RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__"}  # the test suites would double it
+SKIP_DIRS = {"__pycache__", ".git"}
+EOT_BYTES = np.array([EOT], dtype=np.uint16).tobytes()
+
+
+class DataError(Exception):
+    """Bad input (a missing source, a missing column, nothing usable): reported as one line, without a traceback."""
+
+
+def fmt_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# -----------------------------------------------------------------------------
+# Reading: a source is a list of files, cut into work units; a unit yields (doc_id, text) on its own
+
+def file_kind(path):
+    name = path.name
+    return next((s[1:] for s in RECORD_SUFFIXES if name.endswith(s)), "text")
+
+
+class Source:
+    """One data source: its files in a fixed order; iterating yields (doc_id, text) lazily and counts what it skips
+    in self.skipped (a Counter of reasons)."""
+
+    def __init__(self, spec, text_column=""):
+        self.spec, self.text_column, self.skipped = spec, text_column, Counter()
+        if spec == "stdlib":
+            root, skip, suffixes = Path(sysconfig.get_paths()["stdlib"]), STDLIB_SKIP, (".py",)
+        else:
+            root, skip, suffixes = Path(spec).expanduser(), SKIP_DIRS, (".py", *RECORD_SUFFIXES)
+            if not root.exists():
+                raise DataError(f"data source not found: {spec}")
+        if root.is_file():
+            self.root, self.files = root.parent, [root]
+            return
+        self.root, self.files = root, []
+        for folder, subfolders, names in os.walk(root):
+            subfolders[:] = [d for d in subfolders if d not in skip]  # not even listed
+            self.files += [p for p in (Path(folder, n) for n in names if n.endswith(suffixes)) if p.is_file()]
+        self.files.sort()
+        if not self.files:
+            raise DataError(f"no {', '.join(suffixes)} files in data directory {spec}")
+
+    def column(self, kind):
+        return self.text_column or ("content" if kind == "parquet" else "text")
+
+    def units(self):
+        """Work units, in the order their documents go into the token stream. A unit is a small dict that a
+        worker reads on its own (JSONL lines travel inside it: a gzip stream cannot be entered in the middle).
+        "cost" is the unit's share of the input bytes on disk, for progress."""
+        group, size = [], 0
+        for path in self.files:
+            kind = file_kind(path)
+            if kind == "text":
+                group.append(str(path))
+                size += path.stat().st_size
+                if size >= UNIT_BYTES:
+                    yield dict(kind="files", paths=group, cost=size)
+                    group, size = [], 0
+                continue
+            if group:
+                yield dict(kind="files", paths=group, cost=size)
+                group, size = [], 0
+            yield from (parquet_units if kind == "parquet" else jsonl_units)(path, self.column(kind), self.skipped)
+        if group:
+            yield dict(kind="files", paths=group, cost=size)
+
+    def __iter__(self):
+        for unit in self.units():
+            yield from read_unit(unit, self.skipped)
+
+
+def jsonl_units(path, column, skipped):
+    """~UNIT_BYTES of whole lines at a time; a file that cannot be read (or a gzip stream cut short) is skipped
+    from there on and counted."""
+    try:
+        with open(path, "rb") as raw:
+            f = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
+            line, pos = 1, 0
+            while blob := f.read(UNIT_BYTES):
+                blob += f.readline()
+                yield dict(kind="lines", path=str(path), column=column, first_line=line, blob=blob,
+                           cost=raw.tell() - pos)
+                line, pos = line + blob.count(b"\n"), raw.tell()
+    except (OSError, EOFError, zlib.error):
+        skipped["unreadable file"] += 1
+
+
+def parquet_units(path, column, skipped):
+    """One unit per row group (pyarrow reads a row group's column in record batches)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    try:
+        with pq.ParquetFile(path) as pf:
+            meta, schema = pf.metadata, pf.schema_arrow
+    except (OSError, pa.ArrowException):
+        skipped["unreadable file"] += 1
+        return
+    if column not in schema.names:
+        raise DataError(f"{path}: no column {column!r}; its columns are {', '.join(schema.names)} "
+                        "(choose one with --text_column)")
+    kind = schema.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind)):
+        raise DataError(f"{path}: column {column!r} holds {kind}, not text (choose another with --text_column)")
+    size, row = path.stat().st_size, 0
+    for group in range(meta.num_row_groups):
+        rows = meta.row_group(group).num_rows
+        yield dict(kind="parquet", path=str(path), column=column, row_group=group, first_row=row,
+                   cost=size * rows // max(meta.num_rows, 1))
+        row += rows
+
+
+def read_unit(unit, skipped):
+    """(doc_id, text) for each usable document of one work unit, in order; the rest is counted in `skipped`."""
+    if unit["kind"] == "files":
+        for path in unit["paths"]:
+            try:
+                data = Path(path).read_bytes()
+            except OSError:
+                skipped["unreadable file"] += 1
+                continue
+            yield from usable(path, data, "file", skipped)
+    elif unit["kind"] == "lines":
+        path, column = unit["path"], unit["column"]
+        for lineno, line in enumerate(unit["blob"].splitlines(), unit["first_line"]):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except UnicodeDecodeError:
+                skipped["non-UTF-8 record"] += 1
+                continue
+            except ValueError:
+                record = None
+            text = record.get(column) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                skipped[f"record without a string {column!r}"] += 1
+                continue
+            try:
+                text.encode("utf-8")  # a lone surrogate from a "\ud800" escape is not UTF-8 either
+            except UnicodeEncodeError:
+                skipped["non-UTF-8 record"] += 1
+                continue
+            yield from usable(f"{path}:{lineno}", text, "record", skipped)
+    else:
+        yield from read_parquet_unit(unit, skipped)
+
+
+def read_parquet_unit(unit, skipped):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    row = unit["first_row"]
+    try:
+        with pq.ParquetFile(unit["path"]) as pf:
+            for batch in pf.iter_batches(batch_size=512, row_groups=[unit["row_group"]], columns=[unit["column"]]):
+                values = batch.column(0)
+                # as bytes (zero-copy), so that a non-UTF-8 value is one skipped record and not a failed batch
+                large = pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type)
+                for value in values.cast(pa.large_binary() if large else pa.binary()).to_pylist():
+                    if value is None:
+                        skipped[f"record without a string {unit['column']!r}"] += 1
+                    else:
+                        yield from usable(f"{unit['path']}:{row}", value, "record", skipped)
+                    row += 1
+    except (OSError, pa.ArrowException):
+        skipped["unreadable file"] += 1
+
+
+def usable(doc_id, data, what, skipped):
+    """The document, decoded, unless it is not UTF-8 or holds nothing but whitespace (skipped and counted)."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            skipped[f"non-UTF-8 {what}"] += 1
+            return
+    if not data or data.isspace():
+        skipped[f"empty {what}"] += 1
+        return
+    yield doc_id, data
+
+
+# -----------------------------------------------------------------------------
+# Tokenizing: workers write shards, the main process appends them in order
+
+def is_val(ids, val_fraction):
+    """Hold a document out when a hash of its tokens says so: the same document is always in the same split."""
+    return int.from_bytes(hashlib.sha256(ids).digest()[:8], "little") < val_fraction * 2 ** 64
+
+
+def tokenize_unit(unit, val_fraction, shard):
+    """Worker: tokenize one unit into `shard`.train / `shard`.val (uint16, <|endoftext|> after each document)."""
+    tok, skipped = get_tokenizer(), Counter()
+    docs = text_bytes = train_tokens = val_tokens = 0
+    with open(f"{shard}.train", "wb") as train, open(f"{shard}.val", "wb") as val:
+        for _, text in read_unit(unit, skipped):
+            ids = tok.encode_array(text)                          # (n,) uint16
+            held_out = is_val(ids, val_fraction)
+            f = val if held_out else train
+            f.write(ids.data)
+            f.write(EOT_BYTES)
+            docs += 1
+            text_bytes += len(text) if text.isascii() else len(text.encode("utf-8"))  # isascii() is O(1)
+            if held_out:
+                val_tokens += len(ids) + 1
+            else:
+                train_tokens += len(ids) + 1
+    return dict(shard=shard, docs=docs, bytes=text_bytes, train_tokens=train_tokens, val_tokens=val_tokens,
+                skipped=skipped, cost=unit["cost"])
+
+
+def append_file(src, dst):
+    with open(src, "rb") as f:
+        shutil.copyfileobj(f, dst, 1 << 22)
+    os.unlink(src)
+
+
+def tokenize_source(source, out, val_fraction, workers, log):
+    """Tokenize every document of `source` into out/train.bin and out/val.bin; returns the summary (meta.json)."""
+    total = sum(p.stat().st_size for p in source.files)
+    log(f"tokenizing {source.spec}: {len(source.files):,} file(s), {total / 1e6:,.1f} MB, {workers} worker(s)")
+    t0 = last_print = time.time()
+    docs = text_bytes = cost = n_train = n_val = 0
+    skipped = source.skipped
+    # fork: workers inherit the tokenizer loaded here; they ignore Ctrl-C, which the main process turns into
+    # terminating them, so an interrupted preparation ends at once and leaves nothing behind
+    get_tokenizer()
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=signal.signal,
+                                                     initargs=(signal.SIGINT, signal.SIG_IGN))
+    try:
+        pending = deque()
+        with open(out / "train.bin", "wb") as train, open(out / "val.bin", "wb") as val:
+            def collect():
+                nonlocal docs, text_bytes, cost, n_train, n_val, last_print
+                r = pending.popleft().get()
+                append_file(f"{r['shard']}.train", train)
+                append_file(f"{r['shard']}.val", val)
+                docs, text_bytes, cost = docs + r["docs"], text_bytes + r["bytes"], cost + r["cost"]
+                n_train, n_val = n_train + r["train_tokens"], n_val + r["val_tokens"]
+                skipped.update(r["skipped"])
+                now = time.time()
+                if now - last_print >= 5:
+                    last_print, elapsed = now, now - t0
+                    eta = fmt_time(elapsed / cost * (total - cost)) if cost else "?"
+                    log(f"tokenizing {source.spec}: {cost / 1e6:,.1f}/{total / 1e6:,.1f} MB "
+                        f"({cost / max(total, 1):.0%}), {text_bytes / 1e6 / elapsed:.1f} MB/s, eta {eta}")
+
+            for i, unit in enumerate(source.units()):
+                pending.append(pool.apply_async(tokenize_unit, (unit, val_fraction, str(out / f"{i:07d}"))))
+                if len(pending) >= 2 * workers:  # a bounded window: memory does not grow with the corpus
+                    collect()
+            while pending:
+                collect()
+    finally:
+        pool.terminate()
+        pool.join()
+    if not docs:
+        raise DataError(f"{source.spec}: nothing to train on ({len(source.files):,} file(s); skipped: "
+                        f"{describe(skipped) or 'nothing, the files are empty'})")
+    if not 0.5 * val_fraction <= n_val / (n_train + n_val) <= 2 * val_fraction:
+        n_train, n_val = cut_stream(out, val_fraction)
+    seconds = time.time() - t0
+    return dict(source=source.spec, files=len(source.files), documents=docs, bytes=text_bytes,
+                train_tokens=n_train, val_tokens=n_val, skipped=dict(skipped), seconds=round(seconds, 2))
+
+
+def cut_stream(out, val_fraction):
+    """Too few documents for a per-document split: join the splits and hold out the tail of the stream."""
+    train, val = out / "train.bin", out / "val.bin"
+    with open(train, "ab") as f:
+        append_file(val, f)
+    n = train.stat().st_size // 2
+    cut = n - max(1, int(n * val_fraction))
+    with open(train, "r+b") as f, open(val, "wb") as v:
+        f.seek(2 * cut)
+        shutil.copyfileobj(f, v)
+        f.truncate(2 * cut)
+    return cut, n - cut
+
+
+def describe(skipped):
+    return ", ".join(f"{why}: {n:,}" for why, n in sorted(skipped.items()))
+
+
+# -----------------------------------------------------------------------------
+# The cache: one directory per source, named by a hash of its content
+
+def cache_key(source, val_fraction):
+    """A hash of everything the tokens depend on: each file's name within the source and its content (reading it
+    costs ~1 s per GB, small next to tokenizing), the tokenizer, the split and the text column."""
+    h = hashlib.sha256(f"v{CACHE_VERSION} {GPT2_RANKS_SHA256} {CODEGEN_PATTERN} val={val_fraction} "
+                       f"column={source.text_column}".encode())
+    for path in source.files:
+        h.update(f"\n{path.relative_to(source.root)}\0".encode())
+        try:
+            with open(path, "rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+        except OSError:
+            h.update(b"unreadable")
+    return h.hexdigest()[:24]
+
+
+def cache_path(source, cache_root, val_fraction):
+    return Path(cache_root) / cache_key(source, val_fraction)
+
+
+def prepare(spec, cache_root, val_fraction, workers, text_column="", log=print):
+    """The cache directory (train.bin, val.bin, meta.json) of one source, tokenizing it first if there is none."""
+    source = Source(spec, text_column)
+    t0 = time.time()
+    path = cache_path(source, cache_root, val_fraction)
+    key = path.name
+    if (path / "meta.json").exists():
+        log(f"data: reusing cache {path} for {spec} (content hashed in {time.time() - t0:.1f}s)")
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    for stale in path.parent.glob(f"{key}.tmp-{host}-*"):  # left by a preparation on this machine that was killed
+        if not pid_alive(int(stale.name.rpartition("-")[2])):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.with_name(f"{key}.tmp-{host}-{os.getpid()}")  # the cache directory may be shared by several nodes
+    tmp.mkdir()
+    try:
+        meta = tokenize_source(source, tmp, val_fraction, workers, log)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, path)  # atomic: a cache directory is complete or absent
+        except OSError:  # another process (another node) finished the same source first
+            shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    skipped = f"; skipped {describe(meta['skipped'])}" if meta["skipped"] else ""
+    log(f"data: {spec}: {meta['documents']:,} documents, {meta['bytes'] / 1e6:,.1f} MB -> {meta['train_tokens']:,} "
+        f"train + {meta['val_tokens']:,} val tokens in {meta['seconds']:.1f}s "
+        f"({meta['bytes'] / 1e6 / max(meta['seconds'], 1e-9):.1f} MB/s){skipped}, cached in {path}")
+    return path
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        pass
+    return True
+
+
+def load_tokens(cache):
+    """The memory-mapped train and val token streams of one prepared source."""
+    return tuple(np.memmap(cache / f"{split}.bin", dtype=np.uint16, mode="r")
+                 if (cache / f"{split}.bin").stat().st_size else np.zeros(0, np.uint16) for split in ("train", "val"))
+
+
+# -----------------------------------------------------------------------------
+# Benchmark: preparation throughput and memory, beside raw tiktoken on the same documents
+
+def tree_rss(pid=None):
+    """Resident memory (bytes) of a process and all its descendants, from /proc."""
+    pid = pid or os.getpid()
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+        children = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += f.read().split()
+    except (OSError, StopIteration):
+        return 0
+    return rss + sum(tree_rss(int(c)) for c in children)
+
+
+def cpu_seconds():
+    """CPU time (user + system) of this process's threads and of its children that have ended."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def benchmark(specs, workers, text_column="", val_fraction=0.02, log=print):
+    """Prepare each source afresh (in a temporary cache) while sampling the process tree's memory, then time
+    tiktoken's GPT-2 encode_ordinary_batch, one thread per worker, on the same documents read into memory. Both
+    are timed in wall-clock seconds and in CPU seconds: on a machine that other jobs keep busy, the CPU time per MB
+    is the fair comparison (the wall time depends on what else runs at each moment)."""
+    load = os.getloadavg()
+    log(f"bench: {os.cpu_count()} CPU(s), {workers} worker(s), load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        f", Python {sys.version.split()[0]}")
+    for spec in specs:
+        source = Source(spec, text_column)
+        t0 = time.time()
+        cache_key(source, val_fraction)
+        t_hash = time.time() - t0
+        peak, done = [tree_rss()], threading.Event()
+
+        def sample():
+            while not done.wait(0.1):
+                peak.append(max(peak[-1], tree_rss()))
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        with tempfile.TemporaryDirectory(prefix="phi1-bench-") as tmp:
+            t0, c0 = time.time(), cpu_seconds()
+            meta = tokenize_source(source, Path(tmp), val_fraction, workers, log=lambda msg: None)
+            seconds, cpu = time.time() - t0, cpu_seconds() - c0  # the pool's workers have ended: they are counted
+        done.set()
+        sampler.join()
+        mb, tokens = meta["bytes"] / 1e6, meta["train_tokens"] + meta["val_tokens"]
+        # the baseline: the same documents, in batches of ~16 MB so that a large corpus fits in memory
+        bpe, wall_tiktoken, cpu_tiktoken = get_tokenizer().bpe, 0.0, 0.0
+        for batch in batches((text for _, text in Source(spec, text_column)), 16e6):
+            t0, c0 = time.time(), cpu_seconds()
+            bpe.encode_ordinary_batch(batch, num_threads=workers)
+            wall_tiktoken, cpu_tiktoken = wall_tiktoken + time.time() - t0, cpu_tiktoken + cpu_seconds() - c0
+        log(f"bench: {spec}: {meta['documents']:,} documents, {mb:,.1f} MB -> {tokens:,} tokens in {seconds:.1f}s: "
+            f"{mb / seconds:.1f} MB/s, {tokens / seconds / 1e6:.2f} M tokens/s, {mb / cpu:.1f} MB per CPU-second, "
+            f"peak RSS of the process tree {max(peak) / 1e6:,.0f} MB | tiktoken GPT-2 encode_ordinary_batch, "
+            f"{workers} threads: {mb / wall_tiktoken:.1f} MB/s, {mb / cpu_tiktoken:.1f} MB per CPU-second | ratio "
+            f"{wall_tiktoken / seconds:.2f}x wall, {cpu_tiktoken / cpu:.2f}x CPU | content hash {t_hash:.1f}s "
+            f"({mb / max(t_hash, 1e-9):,.0f} MB/s)")
+
+
+def batches(texts, chars):
+    """Lists of consecutive texts of about `chars` characters each."""
+    batch, size = [], 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
