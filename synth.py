@@ -1257,6 +1257,18 @@ def main(argv=None):
     except SynthError as e:
         print(f"synth.py: error: {e}", file=sys.stderr)
         raise SystemExit(e.code) from None
+    except LLMError as e:  # e.g. no server at --base_url: the client gives up on the first requests
+        print(f"synth.py: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("synth.py: interrupted (every accepted record is kept in the .raw.jsonl: run the same command "
+              "again to resume)", file=sys.stderr, flush=True)
+        os._exit(130)  # files are closed; skip the interpreter's shutdown, seconds long once torch is loaded
+    finally:
+        if getattr(a, "out", None) and a.cmd in ("textbook", "exercises"):  # no empty files from a failed start
+            for path in paths_for(Path(a.out)).values():
+                if path.suffix == ".jsonl" and path.exists() and path.stat().st_size == 0:
+                    path.unlink()
 
 
 def run(a):

@@ -415,3 +415,39 @@ def test_real_llama_server_end_to_end(tmp_path):
             if kind == "exercises":
                 assert synth.parse_exercise(r["text"])[1] is None and r["verified"] == bool(extra)
     assert read(tmp_path / "tb.jsonl")   # a textbook section is just text: the small model manages that
+
+
+def test_a_server_that_is_not_there_fails_fast_and_leaves_nothing(tmp_path):
+    import socket
+    with socket.socket() as s:                     # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    t0 = time.time()
+    done = subprocess.run([sys.executable, str(Path(synth.__file__)), "exercises", f"--out={tmp_path / 'ex.jsonl'}",
+                           "--n_samples=8", f"--base_url={url}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert time.time() - t0 < 30 and done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("synth.py: error: cannot connect to") and url in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no empty .raw.jsonl / .rejected.jsonl behind
+
+
+def test_ctrl_c_against_a_slow_server_stops_at_once(tmp_path):
+    def reply(messages, body):
+        time.sleep(30)
+        return "never seen"
+
+    with FakeOpenAIServer(reply) as srv:
+        proc = subprocess.Popen([sys.executable, str(Path(synth.__file__)), "exercises",
+                                 f"--out={tmp_path / 'ex.jsonl'}", "--n_samples=8", f"--base_url={srv.base_url}",
+                                 "--concurrency=2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and len(srv.requests) < 2:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        t0 = time.time()
+        _, stderr = proc.communicate(timeout=30)
+        seconds = time.time() - t0
+    assert seconds < 2.0, f"Ctrl-C took {seconds:.1f} s"
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("synth.py: interrupted") and "resume" in stderr
