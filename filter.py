@@ -1205,9 +1205,10 @@ def make_report(out, scores, bundle, best, worst):
         else f"score >= {app.get('threshold')}"
     lines.append(f"kept ({rule}): {app['kept']:,} of {n:,} files ({app['kept'] / n:.1%}), {app['tokens_kept']:,} of "
                  f"{app['tokens']:,} tokens ({app['tokens_kept'] / max(app['tokens'], 1):.1%})")
-    shards = len(list((out / "corpus").glob("*.jsonl")))
-    lines.append(f"shards: {shards} of up to {load.get('shard_docs', SHARD_DOCS):,} files; embedded "
-                 f"{len(list((out / 'embeddings').glob('*.npy')))}, scored {len(list((out / 'scores').glob('*.jsonl')))}")
+    shards, embedded, scored = (len(list((out / d).glob(g))) for d, g in
+                                (("corpus", "*.jsonl"), ("embeddings", "*.npy"), ("scores", "*.jsonl")))
+    lines.append(f"shards: {shards} of up to {load.get('shard_docs', SHARD_DOCS):,} files; embedded {embedded}, "
+                 f"scored {scored}")
     lines += ["score histogram (files):", histogram(scores), "highest scored:"]
     lines += [f"  {score:.3f} {doc_id}: {head}" for score, doc_id, head in best]
     lines += ["lowest scored:"]

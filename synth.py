@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 import dedup as dd
+from data import fmt_time
 from dedup import default_workers
 from filter import LLMClient, LLMError, append_jsonl
 
@@ -430,13 +431,6 @@ def paths_for(out):
             "final": out, "report": out.with_suffix(".report.json")}
 
 
-def _fmt_time(s):
-    if s is None:
-        return "?"
-    s = int(max(s, 0))
-    return f"{s // 3600}h{s // 60 % 60:02d}m{s % 60:02d}s"
-
-
 def _head_first(res, tokens=None):
     """The record with id, kind, seed, index (and tokens) first, as _HEAD reads them back."""
     head = {k: res[k] for k in ("id", "kind", "seed", "index")}
@@ -630,7 +624,8 @@ def _generate_loop(kind, seed, p, goal, n_tokens, done, frontier, prefix, base_u
                           f"in flight {len(in_flight)} | rejected {sum(reasons.values())} failed calls "
                           f"{state['failed']} retries {client.stats['retries']} | usage "
                           f"{u.get('prompt_tokens', 0)}+{u.get('completion_tokens', 0)} tokens | "
-                          f"elapsed {_fmt_time(now - t0)} ETA {_fmt_time(eta)}", file=log, flush=True)
+                          f"elapsed {fmt_time(now - t0)} ETA {fmt_time(eta) if eta is not None else '?'}",
+                          file=log, flush=True)
                 if state["rejected_in_a_row"] >= give_up_after:
                     break
             if state["rejected_in_a_row"] >= give_up_after:
@@ -1165,8 +1160,8 @@ def bench(folder, n_exercises, n_textbooks, workers):
         for kind, n, d, c in (("exercises", 880_000, rows["exercises", n_exercises][0], workers / p2),
                               ("textbooks", 1_300_000, rows["textbooks", n_textbooks][0],
                                workers / decon["textbooks", workers][1])):
-            print(f"projection for {n:,} {kind} on {workers} idle cores: dedup {_fmt_time(n / d)}, decontaminate "
-                  f"(4 thresholds) {_fmt_time(n / c)}, dedup memory {base_gb + per_record * n / 2 ** 30:.2f} GB")
+            print(f"projection for {n:,} {kind} on {workers} idle cores: dedup {fmt_time(n / d)}, decontaminate "
+                  f"(4 thresholds) {fmt_time(n / c)}, dedup memory {base_gb + per_record * n / 2 ** 30:.2f} GB")
     finally:
         if not folder:
             shutil.rmtree(tmp, ignore_errors=True)
