@@ -541,6 +541,18 @@ def bench_gen(preset="nano", device="cpu", dtype="float32", batches=(1, 16, 64),
         print(row)
 
 
+def model_and_problems(args):
+    """The --ckpt model on --device (in --dtype on CUDA) and the --problems, for `sample` and `loss`."""
+    import torch
+    from model import load_model
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    problems = load_problems(args.problems, args.split)
+    model = load_model(args.ckpt, device=device)
+    if device.startswith("cuda"):
+        model = model.to(getattr(torch, args.dtype))
+    return model, problems
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -587,24 +599,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.command == "sample":
-            import torch
-            from model import load_model
-            device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-            problems = load_problems(args.problems, args.split)
-            model = load_model(args.ckpt, device=device)
-            if device.startswith("cuda"):
-                model = model.to(getattr(torch, args.dtype))
+            model, problems = model_and_problems(args)
             sample_completions(model, problems, n=args.n, temperature=args.temperature, top_p=args.top_p,
                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
                                out_file=args.out)
         elif args.command == "loss":
-            import torch
-            from model import load_model
-            device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-            problems = load_problems(args.problems, args.split)
-            model = load_model(args.ckpt, device=device)
-            if device.startswith("cuda"):
-                model = model.to(getattr(torch, args.dtype))
+            model, problems = model_and_problems(args)
             r = benchmark_loss(model, problems, batch_size=args.batch_size)
             print(f"{args.problems} ({args.split}): loss {r['loss']:.4f} nats/token of the reference solutions, "
                   f"95 % bootstrap interval {r['ci95'][0]:.4f}-{r['ci95'][1]:.4f} ({r['problems']} problems, "

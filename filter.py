@@ -298,12 +298,6 @@ def corpus_sample(out_dir, index, n, seed):
     return sample
 
 
-def read_corpus(out_dir):
-    """Every document of a loaded corpus, in order: for small corpora and tests (the stages stream shards)."""
-    index = corpus_index(out_dir)
-    return [d for shard in index["shards"] for d in shard_docs(out_dir, shard)]
-
-
 def save_stats(out_dir, stage, stats):
     """Each stage's numbers go under its name in stats.json, which the report reads."""
     path = Path(out_dir) / "stats.json"
@@ -1124,11 +1118,15 @@ def score_shards(a, out, index, bundle):
     barrier()
 
 
+def shard_scores(out_dir, k):
+    with open(shard_path(out_dir, "scores", k, ".jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
 def read_scores(out_dir, index):
     """Every file's score record, in corpus order, a shard at a time."""
     for k in range(len(index["shards"])):
-        with open(shard_path(out_dir, "scores", k, ".jsonl"), encoding="utf-8") as f:
-            yield from map(json.loads, f)
+        yield from shard_scores(out_dir, k)
 
 
 def stage_apply(a):
@@ -1151,8 +1149,8 @@ def stage_apply(a):
     def kept_records(f):
         nonlocal kept, tokens, tokens_kept
         i = 0
-        for shard, records in zip(index["shards"], chunked(read_scores(out, index), index)):
-            for d, r in zip(shard_docs(out, shard), records):
+        for k, shard in enumerate(index["shards"]):
+            for d, r in zip(shard_docs(out, shard), shard_scores(out, k)):
                 tokens += r["tokens"]
                 if i in extremes:
                     extremes[i] = (r["score"], d["id"], first_lines(d["text"]))
@@ -1173,13 +1171,6 @@ def stage_apply(a):
     print(report)
     print(f"\nfilter.py: wrote {out / 'filtered.jsonl'} ({kept:,} of {index['docs']:,} files; train.py reads it), "
           f"report {out / 'report.txt'}, every file's score in {out / 'scores'}/")
-
-
-def chunked(records, index):
-    """The score records again, as one list per shard."""
-    records = iter(records)
-    for shard in index["shards"]:
-        yield [next(records) for _ in range(shard["docs"])]
 
 
 def make_report(out, scores, bundle, best, worst):

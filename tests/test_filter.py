@@ -317,8 +317,7 @@ def test_dry_run_prints_the_cost_and_sends_nothing(tmp_path, capsys):
     assert not (out / "labels.jsonl").exists() and not (out / "embeddings.npy").exists()
     prompt_tokens = int(said.split("~")[1].split(" prompt")[0].replace(",", ""))
     judge = F.LLMJudge(F.LLMClient("http://unused", "fake"))
-    docs = F.read_corpus(out)
-    sample = random.Random(0).sample(docs, 6)
+    sample = F.corpus_sample(out, F.corpus_index(out), 6, 0)  # the sample annotate draws
     assert prompt_tokens == judge.cost(sample)["prompt_tokens"] > 6 * 40  # the prompt's words are counted too
 
 
