@@ -30,7 +30,6 @@ import argparse
 import ctypes
 import fcntl
 import gc
-import gzip
 import hashlib
 import json
 import marshal
@@ -81,34 +80,14 @@ class EvalError(Exception):
 
 
 def read_jsonl(path):
-    """(line number, record) of a .jsonl or .jsonl.gz file; a malformed line is an error naming line and column."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    records, bad = [], []
-    with opener(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                bad.append(f"line {lineno}: invalid UTF-8 at byte {e.start + 1}")
-                continue
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.append(f"line {lineno} column {e.colno}: {e.msg.removesuffix(' at')}")
-                continue
-            if not isinstance(record, dict):
-                bad.append(f"line {lineno}: not a JSON object")
-                continue
-            records.append((lineno, record))
-    if bad:
-        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise EvalError(f"{path}: {len(bad)} malformed line(s): {'; '.join(bad[:5])}{more}")
-    return records
+    """(line number, record) of a .jsonl or .jsonl.gz file (data.py's reader); a malformed line is an error."""
+    # data.py is imported where it is needed, never at the top: the sandbox's zygote runs this file under
+    # `python -I`, which leaves the checkout off sys.path
+    from data import DataError, read_jsonl
+    try:
+        return read_jsonl(path)
+    except DataError as e:
+        raise EvalError(str(e)) from None
 
 
 def mbpp_problem(r):
@@ -339,6 +318,8 @@ def sample_completions(model, problems, n=1, temperature=0.0, top_p=0.95, max_ne
         print(f"sample: {truncated} of {len(problems)} prompt(s) do not fit the model's context of {block} tokens "
               f"with {room} new; their beginnings are dropped (left-truncated)", file=sys.stderr)
     jobs = sorted(((t, i) for t in problems for i in range(n)), key=lambda j: -len(prompts[j[0]]))
+    from data import Progress
+    progress = Progress("sample", len(jobs), "completions")
     partial = Path(f"{out_file}.partial")
     new_tokens, cut = 0, 0
     with open(partial, "w") as f:
@@ -358,9 +339,7 @@ def sample_completions(model, problems, n=1, temperature=0.0, top_p=0.95, max_ne
                 f.write(json.dumps(record) + "\n")
             f.flush()
             new_tokens += sum(map(len, outs))
-            done, elapsed = b + len(batch), time.time() - t0
-            print(f"sample: {done}/{len(jobs)} completions, {new_tokens / elapsed:.0f} new tok/s, "
-                  f"ETA {elapsed / done * (len(jobs) - done):.0f}s", file=sys.stderr)
+            progress.update(len(batch), f"{new_tokens / (time.time() - t0):.0f} new tokens/s")
     os.replace(partial, out_file)
     print(f"sample: wrote {len(jobs)} completions of {len(problems)} problems to {out_file} in "
           f"{time.time() - t0:.1f} s ({truncated} prompt(s) left-truncated, {cut} completion(s) cut by the context)")
@@ -386,9 +365,10 @@ def solution_tokens(problem, block_size, tok):
     return ids[:-1], targets, len(prompt) - keep_prompt, len(solution) - keep_solution
 
 
-def benchmark_loss(model, problems, batch_size=16, n_boot=1000, seed=1234):
+def benchmark_loss(model, problems, batch_size=16, n_boot=1000, seed=1234, progress=True):
     """Mean per-token loss (nats) of the reference solutions given their prompts, pooled over all solution tokens,
-    with a 95 % bootstrap interval from resampling the problems. Returns a dict with the per-problem sums too."""
+    with a 95 % bootstrap interval from resampling the problems. Returns a dict with the per-problem sums too.
+    progress: print a line with the ETA after each batch (train.py, which calls it at each evaluation, does not)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -401,6 +381,8 @@ def benchmark_loss(model, problems, batch_size=16, n_boot=1000, seed=1234):
     if not rows:
         raise EvalError("none of the problems has a reference solution to score")
     order = sorted(rows, key=lambda t: -len(rows[t][0]))   # similar lengths together: little padding
+    from data import Progress
+    shown = Progress("loss", len(order), "problems", log=None if progress else lambda line: None)
     sums, counts = {}, {}
     with torch.no_grad():
         for b in range(0, len(order), batch_size):
@@ -417,9 +399,7 @@ def benchmark_loss(model, problems, batch_size=16, n_boot=1000, seed=1234):
             row_sums = torch.zeros(len(batch), device=device).index_add_(0, scored.nonzero()[:, 0], token_loss)
             for t, row_loss, row_count in zip(batch, row_sums.tolist(), scored.sum(1).tolist()):
                 sums[t], counts[t] = row_loss, row_count
-            done, elapsed = b + len(batch), time.time() - t0
-            print(f"loss: {done}/{len(order)} problems, ETA {elapsed / done * (len(order) - done):.0f}s",
-                  file=sys.stderr)
+            shown.update(len(batch))
     s, c = np.array([sums[t] for t in order]), np.array([counts[t] for t in order])
     picks = np.random.default_rng(seed).integers(0, len(order), (n_boot, len(order)))   # resampled problem sets
     boot = s[picks].sum(1) / c[picks].sum(1)
@@ -703,11 +683,12 @@ def run_programs(programs, timeout=TIMEOUT, workers=None, tests=None, entry_poin
     todo = iter(range(len(jobs)))
     lock = threading.Lock()
     stopping = threading.Event()
-    done, t0 = 0, time.time()
+    if progress:   # data.py only then: the runner itself needs nothing but the standard library
+        from data import Progress   # (not at the top: see read_jsonl)
+        shown = Progress("check", len(jobs), "programs")
     sandboxes = [Sandbox() for _ in range(workers)]
 
     def work(w):
-        nonlocal done
         while not stopping.is_set():
             with lock:
                 i = next(todo, None)
@@ -722,12 +703,9 @@ def run_programs(programs, timeout=TIMEOUT, workers=None, tests=None, entry_poin
                 sandboxes[w] = Sandbox()
                 sandboxes[w].ready()
             results[i] = r
-            with lock:
-                done += 1
-                if progress and (done % 100 == 0 or done == len(jobs)):
-                    rate = done / (time.time() - t0)
-                    print(f"check: {done}/{len(jobs)} programs, {rate:.0f}/s, "
-                          f"ETA {(len(jobs) - done) / rate:.0f}s", file=sys.stderr)
+            if progress:
+                with lock:
+                    shown.update()
 
     threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(workers)]
     try:

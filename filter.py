@@ -61,7 +61,7 @@ from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from data import DataError, Source
+from data import DataError, Progress, Source, append_jsonl, read_jsonl
 from dedup import content_hash
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -90,75 +90,9 @@ class FilterError(Exception):
     """A problem with the user's input or files, shown as one line."""
 
 
-class Progress:
-    """A progress line on stderr every couple of seconds, with rate and ETA (rate alone when the total is unknown)."""
-
-    def __init__(self, what, total):
-        self.what, self.total, self.done = what, total, 0
-        self.t0 = self.last = time.time()
-
-    def update(self, n=1):
-        self.done += n
-        now = time.time()
-        if now - self.last >= 2.0 or self.done == self.total:
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            if self.total is None:
-                print(f"  {self.what}: {self.done:,} ({rate:,.1f}/s)", file=sys.stderr)
-                return
-            eta = (self.total - self.done) / rate if rate else float("inf")
-            print(f"  {self.what}: {self.done:,}/{self.total:,} ({rate:,.1f}/s, ETA {eta:.0f} s)", file=sys.stderr)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# JSONL that survives being killed mid-write
-
-def append_jsonl(f, record, fsync=False):
-    """Write one record as one JSON line and flush it, so a killed run loses at most the line being written."""
-    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    f.flush()
-    if fsync:
-        os.fsync(f.fileno())
-
-
-def read_jsonl_resumable(path):
-    """Read a JSONL file written by append_jsonl, repairing a torn last line so that appending can go on.
-
-    A last line without its newline is what a killed writer leaves: it is dropped and cut off the file (or, if it
-    happens to be a whole JSON object, kept and given its newline). A malformed line anywhere else is corruption,
-    not an interruption, and raises ValueError naming the line. A missing file reads as empty."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    records = []
-    good_end = 0                                    # byte offset just after the last complete line
-    lines = data.split(b"\n")
-    for lineno, line in enumerate(lines[:-1], 1):   # every piece but the last ended with "\n"
-        good_end += len(line) + 1
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            rec = None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}:{lineno}: malformed JSONL line (not a JSON object): {line[:80]!r}")
-        records.append(rec)
-    tail = lines[-1]
-    if tail.strip():
-        try:
-            rec = json.loads(tail)
-        except ValueError:
-            rec = None
-        with open(path, "r+b") as f:
-            if isinstance(rec, dict):               # complete record, only its newline was lost
-                records.append(rec)
-                f.seek(len(data))
-                f.write(b"\n")
-            else:
-                f.truncate(good_end)
-    return records
+def read_labels(path):
+    """The label records of labels.jsonl (appended one by one: a torn last line from a kill is cut off)."""
+    return [r for _, r in read_jsonl(path, tail="repair")]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -279,8 +213,7 @@ def corpus_index(out_dir):
 
 
 def shard_docs(out_dir, shard):
-    with open(Path(out_dir) / "corpus" / shard["file"], encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    return [r for _, r in read_jsonl(Path(out_dir) / "corpus" / shard["file"])]
 
 
 def corpus_sample(out_dir, index, n, seed):
@@ -660,7 +593,7 @@ def annotate(docs, labels_path, judge, n_annotate=N_ANNOTATE, seed=SEED, dry_run
     With dry_run, only say what would be asked (and, for an LLM judge, its cost), and label nothing.
     Returns ({hash: label record} for the corpus, counts)."""
     labels_path = Path(labels_path)
-    cached = {r["hash"]: r for r in read_jsonl_resumable(labels_path)}
+    cached = {r["hash"]: r for r in read_labels(labels_path)}
     other = {r.get("judge") for r in cached.values()} - {judge.name}
     if other:
         raise FilterError(f"{labels_path} holds labels from {sorted(map(str, other))}, not {judge.name}: "
@@ -1024,7 +957,7 @@ def fit_forest(x, y, n_estimators=N_ESTIMATORS, test_fraction=TEST_FRACTION, see
 def stage_fit(a):
     out, index = Path(a.out_dir), corpus_index(a.out_dir)
     labels_path = Path(a.labels or out / "labels.jsonl")
-    labels = {r["hash"]: r["label"] for r in read_jsonl_resumable(labels_path) if r["label"] is not None}
+    labels = {r["hash"]: r["label"] for r in read_labels(labels_path) if r["label"] is not None}
     xs, y = [], []
     for k, shard in enumerate(index["shards"]):  # the embeddings of the labelled files, a shard at a time
         docs = shard_docs(out, shard)
@@ -1038,7 +971,7 @@ def stage_fit(a):
     t0 = time.time()
     clf, metrics = fit_forest(np.concatenate(xs), y, a.n_estimators, a.test_fraction, a.seed)
     metrics["fit_seconds"] = round(time.time() - t0, 2)
-    judge = read_jsonl_resumable(labels_path)[0]["judge"]
+    judge = read_labels(labels_path)[0]["judge"]
     bundle = {"forest": clf, "id": uuid.uuid4().hex, "embedder": embedder, "judge": judge,
               "label_threshold": LABEL_THRESHOLD, "sklearn_version": sklearn.__version__, "metrics": metrics}
     write_atomic(out / "forest.joblib", lambda f: joblib.dump(bundle, f))
@@ -1119,8 +1052,7 @@ def score_shards(a, out, index, bundle):
 
 
 def shard_scores(out_dir, k):
-    with open(shard_path(out_dir, "scores", k, ".jsonl"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    return [r for _, r in read_jsonl(shard_path(out_dir, "scores", k, ".jsonl"))]
 
 
 def read_scores(out_dir, index):
@@ -1333,13 +1265,13 @@ def main(argv=None):
         parser.error(f"under torchrun only `embed` and `apply` run (on every rank); run `{a.command}` in one process")
     try:
         a.fn(a)
-    except (FilterError, LLMError, OSError) as e:
+    except (FilterError, DataError, LLMError, OSError) as e:
         sys.exit(f"filter.py: error: {e}")
     except KeyboardInterrupt:
         print("filter.py: interrupted (everything written so far is kept: run the same command again to resume)",
               file=sys.stderr, flush=True)
         # every file is closed by now; skip the interpreter's shutdown, which takes seconds once torch is loaded
-        os._exit(1)
+        os._exit(130)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ phi-1 is 24 layers x 2048 wide (1.418 B parameters with the 51200-token vocabula
 The tokenizer is CodeGen's: GPT-2's byte-level BPE plus 38 tokens for runs of spaces and tabs.
 
 Read top to bottom:
-  1. the tokenizer (GPT-2 BPE through tiktoken, whitespace runs cut out first)
-  2. PhiConfig and its presets
-  3. the modules: rotary embedding, attention, MLP, block, Phi
-  4. generation with a static KV cache
-  5. loading / saving the Hugging Face PhiForCausalLM format (how the official microsoft/phi-1 weights ship), and
-     loading CodeGenForCausalLM (codegen-350M-mono, the paper's baseline and filter embedder)
+  1. PhiConfig and its presets
+  2. the model: rotary embedding, attention, MLP, block, Phi
+  3. generation: the KV cache and sampling
+  4. the tokenizer (GPT-2 BPE through tiktoken, whitespace runs as CodeGen's own tokens)
+  5. checkpoint formats: Hugging Face PhiForCausalLM (how the official microsoft/phi-1 weights ship) and
+     CodeGenForCausalLM (codegen-350M-mono, the paper's baseline and filter embedder), and train.py's checkpoints
   6. sampling from the command line
 
 Sample from a checkpoint (train.py's, Hugging Face Phi or CodeGen), or from an untrained tiny model without --ckpt:
@@ -27,7 +27,7 @@ import math
 import multiprocessing
 import os
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -37,8 +37,431 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+
 # -----------------------------------------------------------------------------
-# 1. The tokenizer
+# 1. Configuration
+
+EOT = 50256  # <|endoftext|>: ends every file of the training stream, and generation (the tokenizer: section 4)
+
+
+@dataclass
+class PhiConfig:
+    block_size: int = 2048       # context length (max_position_embeddings)
+    vocab_size: int = 51200      # 50295 tokens padded to a multiple of 64 for the matmuls
+    n_layer: int = 24
+    n_head: int = 32
+    n_embd: int = 2048
+    n_inner: int = 8192          # MLP hidden size, 4 x n_embd
+    rotary_dim: int = 32         # rotary on the first 32 of each head's 64 dims (partial_rotary_factor 0.5)
+    rope_theta: float = 10000.0
+    layer_norm_eps: float = 1e-5
+    embd_pdrop: float = 0.0      # the paper names only attention and residual dropout, so none on embeddings
+    attn_pdrop: float = 0.1      # §2.3: attention and residual dropout 0.1 in training
+    resid_pdrop: float = 0.1
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+        head_dim = self.n_embd // self.n_head
+        if self.rotary_dim % 2 or not 0 < self.rotary_dim <= head_dim:
+            raise ValueError(f"rotary_dim {self.rotary_dim} must be even and in 1..head_dim ({head_dim})")
+
+
+PRESETS = {
+    "phi-1":       dict(n_layer=24, n_head=32, n_embd=2048, n_inner=8192),
+    "phi-1-small": dict(n_layer=20, n_head=16, n_embd=1024, n_inner=4096),
+    # CPU presets; no dropout, since their short runs underfit rather than overfit
+    "tiny": dict(n_layer=4, n_head=8, n_embd=256, n_inner=1024, rotary_dim=16, block_size=256,
+                 attn_pdrop=0.0, resid_pdrop=0.0),
+    "nano": dict(n_layer=2, n_head=4, n_embd=64, n_inner=256, rotary_dim=8, block_size=128,
+                 attn_pdrop=0.0, resid_pdrop=0.0),
+}
+
+
+# -----------------------------------------------------------------------------
+# 2. The model
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for rotary embeddings on the first rotary_dim dims of each head (half-split convention)."""
+
+    def __init__(self, config):
+        super().__init__()
+        inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, config.rotary_dim, 2).float() / config.rotary_dim)
+        freqs = torch.outer(torch.arange(config.block_size).float(), inv_freq)  # (block_size, rotary_dim/2)
+        angles = torch.cat([freqs, freqs], dim=-1)                              # (block_size, rotary_dim)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, pos):
+        # pos: (T,) shared by the batch, or (B, T) when rows are shifted by left padding
+        cos, sin = self.cos[pos], self.sin[pos]  # (T, R) or (B, T, R)
+        if pos.dim() == 1:
+            return cos[None, None], sin[None, None]  # (1, 1, T, R)
+        return cos[:, None], sin[:, None]            # (B, 1, T, R)
+
+
+def apply_rotary(x, cos, sin):
+    # x: (B, H, T, D). Dim i of the rotated part pairs with dim i + R/2 ("rotate_half", as GPT-NeoX and HF Phi),
+    # not with its neighbour; the remaining D - R dims carry no position.
+    r = cos.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    x1, x2 = x_rot.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    x_rot = x_rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return torch.cat([x_rot, x_pass], dim=-1)  # (B, H, T, D)
+
+
+def attention_reference(q, k, v, mask):
+    """The math, for reading and testing: softmax(q k^T / sqrt(D), masked) v, softmax in fp32. mask: True = attend."""
+    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)  # (B, H, Tq, D)
+
+
+def document_mask(doc_ids):
+    """(B, T) document ids -> (B, 1, T, T) boolean mask: causal, and only within one's own document."""
+    T = doc_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return causal & (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]
+
+
+if torch.cuda.is_available():  # the kernel is for GPUs; CPU-only users never pay for importing Triton
+    from attention_kernel import flash_attention, flash_attention_supported
+_warned_fallback = False
+
+
+def attention(q, k, v, dropout_p=0.0, doc_ids=None, mask=None):
+    """Causal self-attention over (B, H, T, D) tensors; the one place the model computes attention.
+
+    On CUDA it runs our Triton FlashAttention (attention_kernel.py), the way phi-1 was trained; elsewhere PyTorch's
+    SDPA, which computes the same function as attention_reference. `mask` (True = attend) replaces the causal mask;
+    generation uses it for padded, cached batches, which always take the SDPA path.
+    """
+    global _warned_fallback
+    if q.is_cuda and mask is None:
+        if flash_attention_supported(q, k, v):
+            return flash_attention(q, k, v, causal=True, doc_ids=doc_ids, dropout_p=dropout_p)
+        if not _warned_fallback:
+            warnings.warn(f"Triton FlashAttention does not support q {tuple(q.shape)} {q.dtype}; using PyTorch SDPA")
+            _warned_fallback = True
+    if doc_ids is not None:
+        mask = document_mask(doc_ids)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None)
+
+
+class Attention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.layer_idx = layer_idx  # which layer's keys and values it keeps in a KVCache
+        self.n_head, self.head_dim = config.n_head, config.n_embd // config.n_head
+        # q, k and v in one matmul; the HF checkpoint's separate q_proj/k_proj/v_proj are concatenated on load
+        self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.dense = nn.Linear(config.n_embd, config.n_embd)
+        self.attn_pdrop = config.attn_pdrop
+
+    def forward(self, x, cos, sin, doc_ids=None, cache=None):
+        B, T, C = x.shape
+        qkv = self.qkv_proj(x).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, H, D)
+        q, k, v = qkv.unbind(dim=2)                                        # each (B, T, H, D)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # each (B, H, T, D), views
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        mask = None
+        if cache is not None:  # generation: the new keys join the cached ones, which the mask says each query sees
+            k, v = cache.update(self.layer_idx, k, v)  # each (B, H, T_cache, D)
+            mask = cache.mask
+        y = attention(q, k, v, self.attn_pdrop if self.training else 0.0, doc_ids, mask)  # (B, H, T, D)
+        return self.dense(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.n_embd, config.n_inner)
+        self.fc2 = nn.Linear(config.n_inner, config.n_embd)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # gelu_new is the tanh approximation
+
+
+class Block(nn.Module):
+    """x + Attn(LN(x)) + MLP(LN(x)): one LayerNorm, both branches read it in parallel (CodeGen / GPT-J style)."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.mlp = MLP(config)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x, cos, sin, doc_ids=None, cache=None):
+        h = self.input_layernorm(x)
+        return x + self.resid_dropout(self.self_attn(h, cos, sin, doc_ids, cache)) + self.resid_dropout(self.mlp(h))
+
+
+class Phi(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
+        self.embed_dropout = nn.Dropout(config.embd_pdrop)
+        self.rotary = Rotary(config)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.final_layernorm = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)  # untied from embed_tokens, with a bias
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        # normal(0, 0.02) for every matrix, zero biases (HF Phi's initializer_range; the paper is silent)
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+
+    def get_num_params(self, non_embedding=False):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed_tokens.weight.numel() if non_embedding else n
+
+    def hidden_states(self, idx, doc_ids=None, cache=None):
+        """Final-LayerNorm outputs (B, T, C): what the LM head reads, and the embedding filter.py pools. With a
+        KVCache (generation), idx continues what the cache holds, at the positions it gives."""
+        T = idx.shape[1]
+        if cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
+            pos = torch.arange(T, device=idx.device)  # (T,)
+        else:
+            pos = cache.pos                           # (B, T): left-padded rows start at different columns
+        cos, sin = self.rotary(pos)
+        x = self.embed_dropout(self.embed_tokens(idx))  # (B, T, C)
+        for layer in self.layers:
+            x = layer(x, cos, sin, doc_ids, cache)
+        return self.final_layernorm(x)
+
+    def forward(self, idx, targets=None, doc_ids=None):
+        # idx, targets: (B, T) token ids, targets == -1 ignored; doc_ids: (B, T) or None
+        logits = self.lm_head(self.hidden_states(idx, doc_ids))  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # decay matrices and embeddings, not biases and LayerNorm gains (GPT-2 / nanoGPT practice; paper silent)
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+
+    def flops_per_token(self, seq_len=None):
+        # 6 FLOPs per weight per token (forward + backward) for every matmul weight (the embedding lookup is no
+        # matmul), plus attention scores and weighted sum: 12 * layers * width * T, halved because it is causal
+        T = seq_len or self.config.block_size
+        c = self.config
+        return 6 * self.get_num_params(non_embedding=True) + 6 * c.n_layer * c.n_embd * T
+
+    def estimate_mfu(self, tokens_per_s, device_name=None):
+        """Model FLOPs utilisation: achieved training FLOP/s over the GPU's dense bf16 peak; None where unknown."""
+        if device_name is None:
+            device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        peak = next((flops for name, flops in PEAK_BF16_FLOPS if name in device_name), None)
+        return None if peak is None else tokens_per_s * self.flops_per_token() / peak
+
+    # generation (section 3 holds its KV cache and the sampling)
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens=128, temperature=0.0, top_k=None, top_p=None, stop=None,
+                 eos_token_id=EOT, seed=None, tokenizer=None):
+        """Continue each prompt (a list of token ids); returns the new tokens of each, without the eos token and
+        cut before the first stop string (those rows are re-encoded from the cut text, so decoding gives exactly
+        the text before the stop). temperature 0 is greedy. Prompts of different lengths are left-padded.
+        """
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
+        tok = (tokenizer or get_tokenizer()) if stop else tokenizer
+        device, B = self.lm_head.weight.device, len(prompts)
+        L = max(len(p) for p in prompts)
+        total = L + max_new_tokens
+        if total > self.config.block_size:
+            raise ValueError(f"longest prompt ({L}) + max_new_tokens ({max_new_tokens}) exceeds block_size "
+                             f"{self.config.block_size}")
+        pad = torch.tensor([L - len(p) for p in prompts], device=device)                       # (B,)
+        idx = torch.tensor([[0] * (L - len(p)) + list(p) for p in prompts], device=device)     # (B, L)
+        cache = KVCache(self.config, B, total, pad, self.lm_head.weight.dtype)
+        cols = cache.columns                                                                   # (total,)
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed if seed is not None else torch.seed())
+
+        # prefill: all prompt positions at once
+        cache.seek(cols[:L])
+        logits = self.lm_head(self.hidden_states(idx, cache=cache)[:, -1])                     # (B, vocab)
+
+        def decode_step(tok, col):
+            # tok: (B, 1) the last sampled tokens, col: (1,) their cache column; shapes never change, so on CUDA
+            # the whole step is captured once as a graph and replayed (one launch instead of hundreds per token)
+            cache.seek(col)
+            return self.lm_head(self.hidden_states(tok, cache=cache)[:, -1])                   # (B, vocab)
+        if device.type == "cuda" and max_new_tokens > 1:
+            decode_step = cuda_graph(decode_step, torch.zeros(B, 1, dtype=torch.long, device=device), cols[L:L + 1])
+
+        out = [[] for _ in range(B)]
+        done = [False] * B
+        for step in range(max_new_tokens):
+            next_tok = sample_next_token(logits, temperature, top_k, top_p, gen)               # (B,)
+            for b, t in enumerate(next_tok.tolist()):
+                if done[b]:
+                    continue
+                if t == eos_token_id:
+                    done[b] = True
+                    continue
+                out[b].append(t)
+                if stop and _hits_stop(tok, out[b], stop):
+                    done[b] = True
+            if all(done) or step == max_new_tokens - 1:
+                break
+            logits = decode_step(next_tok[:, None], cols[L + step:L + step + 1])
+        if stop:
+            out = [_cut_at_stop(tok, ids, stop) for ids in out]
+        return out
+
+    # the Hugging Face formats (section 5)
+
+    @classmethod
+    def from_pretrained(cls, directory):
+        """Load a Hugging Face checkpoint directory (config.json + safetensors or pytorch_model.bin): PhiForCausalLM,
+        or CodeGenForCausalLM (model_type "codegen", e.g. Salesforce/codegen-350M-mono), converted on load."""
+        directory = Path(directory)
+        hf_config = json.loads((directory / "config.json").read_text())
+        if hf_config.get("model_type") == "codegen":
+            config = config_from_codegen(hf_config)
+            state_dict = state_dict_from_codegen(read_hf_weights(directory), config)
+        else:
+            config = config_from_hf(hf_config)
+            state_dict = state_dict_from_hf(read_hf_weights(directory))
+        model = cls(config)
+        model.load_state_dict(state_dict)
+        return model
+
+    def save_pretrained(self, directory):
+        """Write config.json + model.safetensors that transformers' PhiForCausalLM.from_pretrained reads."""
+        from safetensors.torch import save_file
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(config_to_hf(self.config, self.lm_head.weight.dtype), indent=2))
+        tensors = {k: v.contiguous() for k, v in state_dict_to_hf(self.state_dict(), self.config).items()}
+        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+# dense bf16 peak FLOP/s of common GPUs (vendor datasheets); the first name found in the device name wins
+PEAK_BF16_FLOPS = [
+    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("GH200", 989e12),
+    ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("A10G", 70e12), ("A10", 125e12),
+    ("L4", 121e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12),
+]
+
+
+# -----------------------------------------------------------------------------
+# 3. Generation: the KV cache, sampling, CUDA graphs
+
+
+class KVCache:
+    """The keys and values of every layer during generation, and where the next tokens go.
+
+    Preallocated for the whole generation, so every decoding step has the same shapes (a CUDA graph replays them).
+    Row b of the batch is a prompt left-padded by pad[b] columns: `seek(cols)` says which columns the next forward
+    fills, and from that the cache knows the tokens' positions (counted from each row's first real token) and which
+    cached keys each of them may see (earlier columns, never padding).
+    """
+
+    def __init__(self, config, batch, length, pad, dtype):
+        head_dim = config.n_embd // config.n_head
+        shape = (config.n_layer, batch, config.n_head, length, head_dim)
+        self.k = torch.zeros(shape, device=pad.device, dtype=dtype)           # (L, B, H, T_cache, D)
+        self.v = torch.zeros_like(self.k)
+        self.pad = pad                                                        # (B,)
+        self.columns = torch.arange(length, device=pad.device)                # (T_cache,)
+        self.key_ok = self.columns[None, :] >= pad[:, None]                   # (B, T_cache): not padding
+
+    def seek(self, cols):
+        """The next forward writes tokens at the cache columns cols (T,)."""
+        self.cols = cols
+        self.pos = (cols[None, :] - self.pad[:, None]).clamp(min=0)                  # (B, T)
+        sees = (self.columns[None, :] <= cols[:, None]) & self.key_ok[:, None, :]    # (B, T, T_cache)
+        # a padding query sees itself, so that its softmax has a term (its output is never used)
+        self.mask = (sees | (self.columns[None, :] == cols[:, None]))[:, None]       # (B, 1, T, T_cache)
+
+    def update(self, layer, k, v):
+        """Store one layer's new keys and values (B, H, T, D) at the current columns; returns all of its cache."""
+        self.k[layer].index_copy_(2, self.cols, k)
+        self.v[layer].index_copy_(2, self.cols, v)
+        return self.k[layer], self.v[layer]
+
+
+def cuda_graph(fn, *example_args):
+    """Capture fn(*args) as a CUDA graph; returns a function that copies new args in and replays it.
+
+    The example args must be safe to run with: warm-up runs fn for real (here: it writes the cache column that the
+    first real step overwrites before anything reads it).
+    """
+    static_args = [a.clone() for a in example_args]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+        for _ in range(2):
+            fn(*static_args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fn(*static_args)
+
+    def replay(*args):
+        for static, a in zip(static_args, args):
+            static.copy_(a)
+        graph.replay()
+        return static_out
+    return replay
+
+
+def sample_next_token(logits, temperature, top_k, top_p, generator):
+    """(B, vocab) logits -> (B,) token ids: greedy at temperature 0, else sampled after top-k / top-p filtering."""
+    logits = logits.float()
+    logits[:, N_TOKENS:] = float("-inf")  # the padding ids 50295..51199 are no tokens
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass; the first always stays
+        drop = probs.cumsum(dim=-1) - probs > top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def _hits_stop(tok, ids, stop):
+    # a stop string of n characters lies within the last n + 1 tokens, so only the tail needs decoding
+    tail = tok.decode(ids[-(max(map(len, stop)) + 1):])
+    return any(s in tail for s in stop)
+
+
+def _cut_at_stop(tok, ids, stop):
+    text = tok.decode(ids)
+    cut = min((text.find(s) for s in stop if s in text), default=-1)
+    return ids if cut < 0 else tok.encode(text[:cut])
+
+
+# -----------------------------------------------------------------------------
+# 4. The tokenizer
 #
 # phi-1 uses the codegen-350M-mono tokenizer: GPT-2's BPE (ids 0..50256) plus 38 added tokens for whitespace runs,
 # which make indented Python about a third shorter. Hugging Face matches added tokens *before* BPE, leftmost-longest,
@@ -51,7 +474,6 @@ import torch.nn.functional as F
 GPT2_RANKS_FILE = Path(__file__).resolve().parent / "assets" / "gpt2.tiktoken"  # OpenAI's r50k_base ranks
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-EOT = 50256  # <|endoftext|>, separates files in the training stream
 # CodeGen adds them as ' ' * n for n in reversed(range(2, 32)), then '\t' * n for n in reversed(range(2, 10))
 WHITESPACE_TOKENS = [" " * n for n in range(31, 1, -1)] + ["\t" * n for n in range(9, 1, -1)]  # ids 50257..50294
 # the regex engine is leftmost-first and greedy, which on runs of one character is exactly leftmost-longest
@@ -131,403 +553,9 @@ def _encode_to_array(text, allow_eot):
 def get_tokenizer():
     return Tokenizer()
 
-# -----------------------------------------------------------------------------
-# 2. Configuration
-
-
-@dataclass
-class PhiConfig:
-    block_size: int = 2048       # context length (max_position_embeddings)
-    vocab_size: int = 51200      # 50295 tokens padded to a multiple of 64 for the matmuls
-    n_layer: int = 24
-    n_head: int = 32
-    n_embd: int = 2048
-    n_inner: int = 8192          # MLP hidden size, 4 x n_embd
-    rotary_dim: int = 32         # rotary on the first 32 of each head's 64 dims (partial_rotary_factor 0.5)
-    rope_theta: float = 10000.0
-    layer_norm_eps: float = 1e-5
-    embd_pdrop: float = 0.0      # the paper names only attention and residual dropout, so none on embeddings
-    attn_pdrop: float = 0.1      # §2.3: attention and residual dropout 0.1 in training
-    resid_pdrop: float = 0.1
-
-    @classmethod
-    def from_preset(cls, name, **overrides):
-        if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
-    def __post_init__(self):
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
-        head_dim = self.n_embd // self.n_head
-        if self.rotary_dim % 2 or not 0 < self.rotary_dim <= head_dim:
-            raise ValueError(f"rotary_dim {self.rotary_dim} must be even and in 1..head_dim ({head_dim})")
-
-
-PRESETS = {
-    "phi-1":       dict(n_layer=24, n_head=32, n_embd=2048, n_inner=8192),
-    "phi-1-small": dict(n_layer=20, n_head=16, n_embd=1024, n_inner=4096),
-    # CPU presets; no dropout, since their short runs underfit rather than overfit
-    "tiny": dict(n_layer=4, n_head=8, n_embd=256, n_inner=1024, rotary_dim=16, block_size=256,
-                 attn_pdrop=0.0, resid_pdrop=0.0),
-    "nano": dict(n_layer=2, n_head=4, n_embd=64, n_inner=256, rotary_dim=8, block_size=128,
-                 attn_pdrop=0.0, resid_pdrop=0.0),
-}
 
 # -----------------------------------------------------------------------------
-# 3. The model
-
-
-class Rotary(nn.Module):
-    """cos/sin tables for rotary embeddings on the first rotary_dim dims of each head (half-split convention)."""
-
-    def __init__(self, config):
-        super().__init__()
-        inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, config.rotary_dim, 2).float() / config.rotary_dim)
-        freqs = torch.outer(torch.arange(config.block_size).float(), inv_freq)  # (block_size, rotary_dim/2)
-        angles = torch.cat([freqs, freqs], dim=-1)                              # (block_size, rotary_dim)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
-
-    def forward(self, pos):
-        # pos: (T,) shared by the batch, or (B, T) when rows are shifted by left padding
-        cos, sin = self.cos[pos], self.sin[pos]  # (T, R) or (B, T, R)
-        if pos.dim() == 1:
-            return cos[None, None], sin[None, None]  # (1, 1, T, R)
-        return cos[:, None], sin[:, None]            # (B, 1, T, R)
-
-
-def apply_rotary(x, cos, sin):
-    # x: (B, H, T, D). Dim i of the rotated part pairs with dim i + R/2 ("rotate_half", as GPT-NeoX and HF Phi),
-    # not with its neighbour; the remaining D - R dims carry no position.
-    r = cos.shape[-1]
-    x_rot, x_pass = x[..., :r], x[..., r:]
-    x1, x2 = x_rot.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    x_rot = x_rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
-    return torch.cat([x_rot, x_pass], dim=-1)  # (B, H, T, D)
-
-
-def attention_reference(q, k, v, mask):
-    """The math, for reading and testing: softmax(q k^T / sqrt(D), masked) v, softmax in fp32. mask: True = attend."""
-    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)  # (B, H, Tq, D)
-
-
-def document_mask(doc_ids):
-    """(B, T) document ids -> (B, 1, T, T) boolean mask: causal, and only within one's own document."""
-    T = doc_ids.shape[1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
-    return causal & (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]
-
-
-if torch.cuda.is_available():  # the kernel is for GPUs; CPU-only users never pay for importing Triton
-    from attention_kernel import flash_attention, flash_attention_supported
-_warned_fallback = False
-
-
-def attention(q, k, v, dropout_p=0.0, doc_ids=None, mask=None):
-    """Causal self-attention over (B, H, T, D) tensors; the one place the model computes attention.
-
-    On CUDA it runs our Triton FlashAttention (attention_kernel.py), the way phi-1 was trained; elsewhere PyTorch's
-    SDPA, which computes the same function as attention_reference. `mask` (True = attend) replaces the causal mask;
-    generation uses it for padded, cached batches, which always take the SDPA path.
-    """
-    global _warned_fallback
-    if q.is_cuda and mask is None:
-        if flash_attention_supported(q, k, v):
-            return flash_attention(q, k, v, causal=True, doc_ids=doc_ids, dropout_p=dropout_p)
-        if not _warned_fallback:
-            warnings.warn(f"Triton FlashAttention does not support q {tuple(q.shape)} {q.dtype}; using PyTorch SDPA")
-            _warned_fallback = True
-    if doc_ids is not None:
-        mask = document_mask(doc_ids)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None)
-
-
-class KVCache:
-    """Keys and values of one layer for generation, preallocated so every decoding step has the same shapes."""
-
-    def __init__(self, batch, n_head, length, head_dim, device, dtype):
-        self.k = torch.zeros(batch, n_head, length, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-
-    def update(self, cols, k, v):
-        # cols: (T,) cache columns for the new keys/values (B, H, T, D); returns the whole cache
-        self.k.index_copy_(2, cols, k)
-        self.v.index_copy_(2, cols, v)
-        return self.k, self.v
-
-
-class Attention(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.n_head, self.head_dim = config.n_head, config.n_embd // config.n_head
-        # q, k and v in one matmul; the HF checkpoint's separate q_proj/k_proj/v_proj are concatenated on load
-        self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.dense = nn.Linear(config.n_embd, config.n_embd)
-        self.attn_pdrop = config.attn_pdrop
-
-    def forward(self, x, cos, sin, doc_ids=None, cache=None, cols=None, mask=None):
-        B, T, C = x.shape
-        qkv = self.qkv_proj(x).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, H, D)
-        q, k, v = qkv.unbind(dim=2)                                        # each (B, T, H, D)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # each (B, H, T, D), views
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(cols, k, v)  # (B, H, T_cache, D)
-        y = attention(q, k, v, self.attn_pdrop if self.training else 0.0, doc_ids, mask)  # (B, H, T, D)
-        return self.dense(y.transpose(1, 2).reshape(B, T, C))
-
-
-class MLP(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.fc1 = nn.Linear(config.n_embd, config.n_inner)
-        self.fc2 = nn.Linear(config.n_inner, config.n_embd)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # gelu_new is the tanh approximation
-
-
-class Block(nn.Module):
-    """x + Attn(LN(x)) + MLP(LN(x)): one LayerNorm, both branches read it in parallel (CodeGen / GPT-J style)."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.input_layernorm = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        self.self_attn = Attention(config)
-        self.mlp = MLP(config)
-        self.resid_dropout = nn.Dropout(config.resid_pdrop)
-
-    def forward(self, x, cos, sin, doc_ids=None, cache=None, cols=None, mask=None):
-        h = self.input_layernorm(x)
-        attn = self.self_attn(h, cos, sin, doc_ids, cache, cols, mask)
-        return x + self.resid_dropout(attn) + self.resid_dropout(self.mlp(h))
-
-
-class Phi(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
-        self.embed_dropout = nn.Dropout(config.embd_pdrop)
-        self.rotary = Rotary(config)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.final_layernorm = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)  # untied from embed_tokens, with a bias
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module):
-        # normal(0, 0.02) for every matrix, zero biases (HF Phi's initializer_range; the paper is silent)
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear):
-            nn.init.zeros_(module.bias)
-
-    def get_num_params(self, non_embedding=False):
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.embed_tokens.weight.numel() if non_embedding else n
-
-    def hidden_states(self, idx, doc_ids=None, pos=None, caches=None, cols=None, mask=None):
-        """Final-LayerNorm outputs (B, T, C): what the LM head reads, and the embedding filter.py pools."""
-        T = idx.shape[1]
-        if pos is None:
-            if T > self.config.block_size:
-                raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
-            pos = torch.arange(T, device=idx.device)
-        cos, sin = self.rotary(pos)
-        x = self.embed_dropout(self.embed_tokens(idx))  # (B, T, C)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, doc_ids, caches[i] if caches else None, cols, mask)
-        return self.final_layernorm(x)
-
-    def forward(self, idx, targets=None, doc_ids=None):
-        # idx, targets: (B, T) token ids, targets == -1 ignored; doc_ids: (B, T) or None
-        logits = self.lm_head(self.hidden_states(idx, doc_ids))  # (B, T, vocab_size)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        # decay matrices and embeddings, not biases and LayerNorm gains (GPT-2 / nanoGPT practice; paper silent)
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
-
-    def flops_per_token(self, seq_len=None):
-        # 6 FLOPs per weight per token (forward + backward) for every matmul weight (the embedding lookup is no
-        # matmul), plus attention scores and weighted sum: 12 * layers * width * T, halved because it is causal
-        T = seq_len or self.config.block_size
-        c = self.config
-        return 6 * self.get_num_params(non_embedding=True) + 6 * c.n_layer * c.n_embd * T
-
-    def estimate_mfu(self, tokens_per_s, device_name=None):
-        """Model FLOPs utilisation: achieved training FLOP/s over the GPU's dense bf16 peak; None where unknown."""
-        if device_name is None:
-            device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-        peak = next((flops for name, flops in PEAK_BF16_FLOPS if name in device_name), None)
-        return None if peak is None else tokens_per_s * self.flops_per_token() / peak
-
-    # -------------------------------------------------------------------------
-    # 4. Generation
-
-    @torch.no_grad()
-    def generate(self, prompts, max_new_tokens=128, temperature=0.0, top_k=None, top_p=None, stop=None,
-                 eos_token_id=EOT, seed=None, tokenizer=None):
-        """Continue each prompt (a list of token ids); returns the new tokens of each, without the eos token and
-        cut before the first stop string (those rows are re-encoded from the cut text, so decoding gives exactly
-        the text before the stop). temperature 0 is greedy. Prompts of different lengths are left-padded.
-        """
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
-        tok = (tokenizer or get_tokenizer()) if stop else tokenizer
-        device, B = self.lm_head.weight.device, len(prompts)
-        L = max(len(p) for p in prompts)
-        total = L + max_new_tokens
-        if total > self.config.block_size:
-            raise ValueError(f"longest prompt ({L}) + max_new_tokens ({max_new_tokens}) exceeds block_size "
-                             f"{self.config.block_size}")
-        pad = torch.tensor([L - len(p) for p in prompts], device=device)                       # (B,)
-        idx = torch.tensor([[0] * (L - len(p)) + list(p) for p in prompts], device=device)     # (B, L)
-        cols = torch.arange(total, device=device)
-        key_ok = cols[None, :] >= pad[:, None]                                                 # (B, total)
-        caches = [KVCache(B, self.config.n_head, total, self.config.n_embd // self.config.n_head, device,
-                          self.lm_head.weight.dtype) for _ in self.layers]
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed if seed is not None else torch.seed())
-
-        # prefill: all prompt positions at once; a padded query may see only itself so that its softmax has a term
-        causal = cols[None, :L, None] >= cols[None, None, :]                                   # (1, L, total)
-        mask = (causal & key_ok[:, None, :]) | (cols[None, :L, None] == cols[None, None, :])    # (B, L, total)
-        pos = (cols[None, :L] - pad[:, None]).clamp(min=0)                                     # (B, L)
-        h = self.hidden_states(idx, pos=pos, caches=caches, cols=cols[:L], mask=mask[:, None])
-        logits = self.lm_head(h[:, -1])                                                        # (B, vocab)
-
-        def decode_step(tok, col):
-            # tok: (B, 1) the last sampled tokens, col: (1,) their cache column; shapes never change, so on CUDA
-            # the whole step is captured once as a graph and replayed (one launch instead of hundreds per token)
-            mask = key_ok & (cols[None, :] <= col)                                             # (B, total)
-            h = self.hidden_states(tok, pos=col - pad[:, None], caches=caches, cols=col, mask=mask[:, None, None])
-            return self.lm_head(h[:, -1])                                                      # (B, vocab)
-        if device.type == "cuda" and max_new_tokens > 1:
-            decode_step = cuda_graph(decode_step, torch.zeros(B, 1, dtype=torch.long, device=device), cols[L:L + 1])
-
-        out = [[] for _ in range(B)]
-        done = [False] * B
-        for step in range(max_new_tokens):
-            next_tok = sample_next_token(logits, temperature, top_k, top_p, gen)               # (B,)
-            for b, t in enumerate(next_tok.tolist()):
-                if done[b]:
-                    continue
-                if t == eos_token_id:
-                    done[b] = True
-                    continue
-                out[b].append(t)
-                if stop and _hits_stop(tok, out[b], stop):
-                    done[b] = True
-            if all(done) or step == max_new_tokens - 1:
-                break
-            logits = decode_step(next_tok[:, None], cols[L + step:L + step + 1])
-        if stop:
-            out = [_cut_at_stop(tok, ids, stop) for ids in out]
-        return out
-
-    # -------------------------------------------------------------------------
-    # 5. The Hugging Face formats: PhiForCausalLM (the official phi-1 weights) and CodeGenForCausalLM
-
-    @classmethod
-    def from_pretrained(cls, directory):
-        """Load a Hugging Face checkpoint directory (config.json + safetensors or pytorch_model.bin): PhiForCausalLM,
-        or CodeGenForCausalLM (model_type "codegen", e.g. Salesforce/codegen-350M-mono), converted on load."""
-        directory = Path(directory)
-        hf_config = json.loads((directory / "config.json").read_text())
-        if hf_config.get("model_type") == "codegen":
-            config = config_from_codegen(hf_config)
-            state_dict = state_dict_from_codegen(read_hf_weights(directory), config)
-        else:
-            config = config_from_hf(hf_config)
-            state_dict = state_dict_from_hf(read_hf_weights(directory))
-        model = cls(config)
-        model.load_state_dict(state_dict)
-        return model
-
-    def save_pretrained(self, directory):
-        """Write config.json + model.safetensors that transformers' PhiForCausalLM.from_pretrained reads."""
-        from safetensors.torch import save_file
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(config_to_hf(self.config, self.lm_head.weight.dtype), indent=2))
-        tensors = {k: v.contiguous() for k, v in state_dict_to_hf(self.state_dict(), self.config).items()}
-        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-
-
-# dense bf16 peak FLOP/s of common GPUs (vendor datasheets); the first name found in the device name wins
-PEAK_BF16_FLOPS = [
-    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("GH200", 989e12),
-    ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("A10G", 70e12), ("A10", 125e12),
-    ("L4", 121e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12),
-]
-
-
-def cuda_graph(fn, *example_args):
-    """Capture fn(*args) as a CUDA graph; returns a function that copies new args in and replays it.
-
-    The example args must be safe to run with: warm-up runs fn for real (here: it writes the cache column that the
-    first real step overwrites before anything reads it).
-    """
-    static_args = [a.clone() for a in example_args]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
-        for _ in range(2):
-            fn(*static_args)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = fn(*static_args)
-
-    def replay(*args):
-        for static, a in zip(static_args, args):
-            static.copy_(a)
-        graph.replay()
-        return static_out
-    return replay
-
-
-def sample_next_token(logits, temperature, top_k, top_p, generator):
-    """(B, vocab) logits -> (B,) token ids: greedy at temperature 0, else sampled after top-k / top-p filtering."""
-    logits = logits.float()
-    logits[:, N_TOKENS:] = float("-inf")  # the padding ids 50295..51199 are no tokens
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # drop a token when the tokens ranked above it already hold top_p of the mass; the first always stays
-        drop = probs.cumsum(dim=-1) - probs > top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
-
-
-def _hits_stop(tok, ids, stop):
-    # a stop string of n characters lies within the last n + 1 tokens, so only the tail needs decoding
-    tail = tok.decode(ids[-(max(map(len, stop)) + 1):])
-    return any(s in tail for s in stop)
-
-
-def _cut_at_stop(tok, ids, stop):
-    text = tok.decode(ids)
-    cut = min((text.find(s) for s in stop if s in text), default=-1)
-    return ids if cut < 0 else tok.encode(text[:cut])
+# 5. Checkpoint formats
 
 
 def config_from_hf(hf):
@@ -673,9 +701,8 @@ def load_model(path, device="cpu"):
         model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
 
+
 # -----------------------------------------------------------------------------
-
-
 # 6. Sampling from the command line (nanoGPT's sample.py): any checkpoint load_model reads, or an untrained tiny model
 SAMPLE_OPTIONS = {"ckpt": "", "prompt": 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
                   "max_new_tokens": 64, "temperature": 0.8, "top_k": 50, "seed": 0, "device": "auto"}

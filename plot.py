@@ -1,19 +1,24 @@
 """
-Training curves as pictures: loss, validation loss and learning rate of one or more train.py runs, overlaid.
+Training curves as pictures: loss, validation loss, benchmark losses and learning rate of train.py runs, overlaid.
 
 Each run's out_dir holds log.jsonl, one JSON line per step written by train.py ({"step", "loss", "lr",
-"tokens_seen", ...}, with "val_loss" at evaluation steps). This draws three panels (training loss, validation
-loss, learning rate) with one line per run, against steps or against training tokens, so that runs with
-different batch sizes compare at equal data (how Fig. 2.1 of "Textbooks Are All You Need" compares data sets).
+"tokens_seen", ...}, with "val_loss" at evaluation steps, and "bench_loss" there when the run set eval_problems).
+This draws one panel per quantity with one line per run, against steps or against training tokens, so that runs
+with different batch sizes compare at equal data (how Fig. 2.1 of "Textbooks Are All You Need" compares data
+sets), and prints each run's last values. Runs whose directories differ only in a trailing "-N" (out/filtered-1,
+out/filtered-2, ...) are seeds of one experiment: they share a colour, and the table adds their mean and spread.
 
     python plot.py out                                   # -> curves.png
     python plot.py out_a out_b --out=curves.png --x=tokens
 """
 
-import json
 import os
+import re
+import statistics
 import sys
 from pathlib import Path
+
+from data import DataError, read_jsonl
 
 USAGE = "usage: python plot.py OUT_DIR [OUT_DIR ...] [--out=curves.png] [--x=step|tokens]"
 
@@ -23,53 +28,80 @@ class PlotError(Exception):
 
 
 def read_log(out_dir):
-    """The records of out_dir/log.jsonl; a half-written last line (a killed run) is skipped, any other bad line is
-    an error."""
+    """The records of out_dir/log.jsonl; a half-written last line (a running or killed run) is skipped, any other
+    bad line is an error."""
     path = Path(out_dir) / "log.jsonl"
     try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise PlotError(f"{path}: {e.strerror}")
-    records = []
-    for n, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n < len(lines):
-                raise PlotError(f"{path}: line {n} is not JSON")
+        records = [r for _, r in read_jsonl(path, tail="skip")]
+    except DataError as e:
+        raise PlotError(str(e)) from None
     if not records:
         raise PlotError(f"{path}: no log records in it")
     return records
 
 
 def curves(records, x="step"):
-    """{"loss" | "val_loss" | "lr": (xs, ys)} from one run's records; x is the step or the tokens seen so far."""
+    """{"loss" | "val_loss" | "<benchmark> loss" | "lr": (xs, ys)} from one run's records; x is the step or the
+    tokens seen so far."""
     out = {key: ([], []) for key in ("loss", "val_loss", "lr")}
     for r in records:
         # tokens_seen: training tokens per data source up to this step; the step-0 record has none (0 tokens)
         at = r["step"] if x == "step" else sum(r.get("tokens_seen", {}).values())
-        for key, (xs, ys) in out.items():
-            if r.get(key) is not None:
+        values = {**{k: r.get(k) for k in ("loss", "val_loss", "lr")},
+                  **{f"{name} loss": v for name, v in r.get("bench_loss", {}).items()}}
+        for key, value in values.items():
+            if value is not None:
+                xs, ys = out.setdefault(key, ([], []))
                 xs.append(at)
-                ys.append(r[key])
+                ys.append(value)
     return out
+
+
+def experiment(out_dir):
+    """The name shared by the seeds of one experiment: the directory without a trailing -N."""
+    return re.sub(r"-\d+$", "", str(out_dir).rstrip("/"))
 
 
 def plot_runs(out_dirs, out="curves.png", x="step"):
     import matplotlib
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
     runs = {str(d): curves(read_log(d), x) for d in out_dirs}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, key, title in zip(axes, ("loss", "val_loss", "lr"), ("training loss", "validation loss", "learning rate")):
+    benchmarks = sorted({k for c in runs.values() for k in c if k.endswith(" loss")})
+    panels = [("loss", "training loss"), ("val_loss", "validation loss (each run's held-out files)"),
+              *((k, k.replace(" loss", ": loss of the reference solutions")) for k in benchmarks),
+              ("lr", "learning rate")]
+    groups = list(dict.fromkeys(experiment(d) for d in runs))
+    colour = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (key, title) in zip(axes.flat, panels):
+        labelled = set()
         for name, c in runs.items():
-            xs, ys = c[key]
-            ax.plot(xs, ys, marker="o" if key == "val_loss" else None, markersize=3, label=name)
-        ax.set_title(title)
+            g = experiment(name)
+            n_seeds = sum(experiment(d) == g for d in runs)
+            label = None if g in labelled else (f"{g} ({n_seeds} seeds)" if n_seeds > 1 else name)
+            labelled.add(g)
+            xs, ys = c.get(key, ([], []))
+            ax.plot(xs, ys, color=colour[g], alpha=0.8, marker="o" if key != "loss" and key != "lr" else None,
+                    markersize=3, label=label)
+        # an evaluation at step 0 sits near ln(vocabulary) ~ 10.8 and would flatten every difference after it:
+        # the y axis shows the later evaluations, and the title says so
+        later = [y for c in runs.values() for xv, y in zip(*c.get(key, ([], []))) if xv > 0]
+        if key not in ("loss", "lr") and later and len(later) < sum(len(c.get(key, ([], []))[1]) for c in runs.values()):
+            lo, hi = min(later), max(later)
+            ax.set_ylim(lo - 0.1 * (hi - lo + 0.05), hi + 0.1 * (hi - lo + 0.05))
+            title += "\n(y axis from the first evaluation after step 0)"
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("step" if x == "step" else "training tokens")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))   # 100k, 1.5M: readable tick labels
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("nats / token")
-    axes[0].legend(fontsize=8)
+    axes[0][0].set_ylabel("nats / token")
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")  # keeps the suffix: it picks the format
@@ -80,6 +112,35 @@ def plot_runs(out_dirs, out="curves.png", x="step"):
         tmp.unlink(missing_ok=True)
         plt.close(fig)
     return out
+
+
+def summary(out_dirs):
+    """A table of each run's last logged values, then the mean and spread (sample standard deviation, min-max) over
+    the seeds of each experiment."""
+    last = {}
+    for d in out_dirs:
+        row = {}
+        for r in read_log(d):
+            row.update({"step": r["step"], "tokens": sum(r.get("tokens_seen", {}).values()) or row.get("tokens", 0)})
+            row.update({k: r[k] for k in ("loss", "val_loss") if r.get(k) is not None})
+            row.update({f"{n} loss": v for n, v in r.get("bench_loss", {}).items()})
+        last[str(d)] = row
+    columns = ["loss", "val_loss", *sorted({k for row in last.values() for k in row if k.endswith(" loss")})]
+    width = max(len(name) for name in last) + 2
+    lines = [f"{'run':<{width}}{'step':>6}{'tokens':>10}" + "".join(f"{c:>18}" for c in columns)]
+    for name, row in last.items():
+        lines.append(f"{name:<{width}}{row['step']:>6}{row['tokens']:>10,}"
+                     + "".join(f"{row[c]:>18.4f}" if c in row else f"{'-':>18}" for c in columns))
+    for g in dict.fromkeys(map(experiment, last)):
+        rows = [row for name, row in last.items() if experiment(name) == g]
+        if len(rows) < 2:
+            continue
+        values = [[row[c] for row in rows if c in row] for c in columns]
+        mean_sd = [f"{statistics.mean(v):.4f}+-{statistics.stdev(v):.4f}" if len(v) > 1 else "-" for v in values]
+        spread = [f"{min(v):.4f}-{max(v):.4f}" if len(v) > 1 else "-" for v in values]
+        lines.append(f"{g + ' mean+-sd':<{width}}{'':>16}" + "".join(f"{c:>18}" for c in mean_sd))
+        lines.append(f"{g + ' min-max':<{width}}{'':>16}" + "".join(f"{c:>18}" for c in spread))
+    return "\n".join(lines)
 
 
 def main(argv):
@@ -99,6 +160,7 @@ def main(argv):
         raise PlotError(USAGE)
     if options["x"] not in ("step", "tokens"):
         raise PlotError(f"--x={options['x']}: choose step or tokens")
+    print(summary(out_dirs))
     print(f"plot.py: wrote {plot_runs(out_dirs, options['out'], options['x'])} ({len(out_dirs)} run(s))")
 
 

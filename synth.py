@@ -44,9 +44,10 @@ from pathlib import Path
 import numpy as np
 
 import dedup as dd
-from data import fmt_time
+from data import DataError, Progress, Source, fmt_time, jsonl_lines
 from dedup import default_workers
-from filter import LLMClient, LLMError, append_jsonl
+from data import append_jsonl
+from filter import LLMClient, LLMError
 
 # ----------------------------------------------------------------------------- defaults (CLI flags override)
 BASE_URL = "http://127.0.0.1:8080/v1"
@@ -322,44 +323,6 @@ class SynthError(SystemExit):
         return self.message
 
 
-def jsonl_lines(path, repair=False):
-    """Yield (byte offset, line) for each non-blank line of a JSONL file, streaming.
-
-    A last line without its newline is what a killed writer leaves. With repair=True (the files this program
-    appends to) it is cut off, or given its newline if it is a whole JSON object, as read_jsonl_resumable does;
-    otherwise a whole object is read and anything else is an error. A missing file reads as empty."""
-    path = Path(path)
-    if not path.exists():
-        return
-    with open(path, "rb") as f:
-        offset = 0
-        for line in f:
-            if not line.endswith(b"\n"):   # the last line, torn or only missing its newline
-                whole = _is_json_object(line)
-                if repair:
-                    with open(path, "r+b") as g:
-                        if whole:
-                            g.seek(offset + len(line))
-                            g.write(b"\n")
-                        else:
-                            g.truncate(offset)
-                elif not whole and line.strip():
-                    raise SynthError(f"{path}: not JSONL (the last line is cut off: {line[:60]!r})")
-                if whole:
-                    yield offset, line + b"\n"
-                return
-            if line.strip():
-                yield offset, line
-            offset += len(line)
-
-
-def _is_json_object(line):
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
-
-
 class LineReader:
     """Random access to the lines of a file by byte offset (one open file, the OS's page cache does the rest)."""
 
@@ -405,7 +368,8 @@ def read_heads(path, repair=True):
     """(kind, seed) pairs seen, and arrays index (n,), tokens (n,; -1 where not stored) and offset (n,) of the
     records of a raw or rejected file, from the head of each line only."""
     kinds, index, tokens, offset = set(), [], [], []
-    for off, line in jsonl_lines(path, repair=repair):
+    lines = jsonl_lines(path, tail="repair" if repair else "error") if Path(path).exists() else ()  # not yet: none
+    for _, off, line in lines:
         m = _HEAD.match(line)
         if m:
             kind, seed, idx, tok = m.group(1).decode(), int(m.group(2)), int(m.group(3)), m.group(4)
@@ -524,7 +488,8 @@ def _generate_loop(kind, seed, p, goal, n_tokens, done, frontier, prefix, base_u
     state = {"frontier": frontier, "prefix": prefix, "kept": prefix + sum(done.values()), "requests": len(done)
              + frontier, "failed": 0, "failed_in_a_row": 0, "rejected_in_a_row": 0, "last_error": None}
     reasons = Counter()
-    t0, last_print, start_kept = time.time(), 0.0, state["kept"]
+    progress = Progress(f"[{kind}]", goal, "tokens" if n_tokens else "samples", start=state["kept"],
+                        log=lambda line: print(line, file=log, flush=True))
 
     def work(index):
         c = draw_constraints(kind, seed, index)
@@ -606,6 +571,7 @@ def _generate_loop(kind, seed, p, goal, n_tokens, done, frontier, prefix, base_u
                     reasons[res["reason"]] += 1
                     state["rejected_in_a_row"] += 1
                     done[index] = 0
+                    value = 0
                 else:
                     value = count_tokens(res["text"]) if n_tokens else 1
                     # the token count is stored, so that resuming a billion-token run need not re-tokenize it
@@ -614,18 +580,10 @@ def _generate_loop(kind, seed, p, goal, n_tokens, done, frontier, prefix, base_u
                     state["rejected_in_a_row"] = 0
                     done[index] = value
                 advance()
-                now = time.time()
-                if now - last_print > 2.0 or state["prefix"] >= goal:
-                    last_print = now
-                    rate = (state["kept"] - start_kept) / max(now - t0, 1e-9)
-                    eta = (goal - state["kept"]) / rate if rate > 0 else None
-                    u = client.usage
-                    print(f"[{kind}] {min(state['kept'], goal)}/{goal} {'tokens' if n_tokens else 'samples'} | "
-                          f"in flight {len(in_flight)} | rejected {sum(reasons.values())} failed calls "
-                          f"{state['failed']} retries {client.stats['retries']} | usage "
-                          f"{u.get('prompt_tokens', 0)}+{u.get('completion_tokens', 0)} tokens | "
-                          f"elapsed {fmt_time(now - t0)} ETA {fmt_time(eta) if eta is not None else '?'}",
-                          file=log, flush=True)
+                u = client.usage
+                progress.update(value, f"in flight {len(in_flight)}, rejected {sum(reasons.values())}, failed calls "
+                                       f"{state['failed']}, retries {client.stats['retries']}, usage "
+                                       f"{u.get('prompt_tokens', 0)}+{u.get('completion_tokens', 0)} tokens")
                 if state["rejected_in_a_row"] >= give_up_after:
                     break
             if state["rejected_in_a_row"] >= give_up_after:
@@ -655,7 +613,7 @@ def finalize(p, goal, by_tokens, run_stats, against=("humaneval",), taus=(TAU,),
     n = min(len(order), int(np.searchsorted(np.cumsum(value), goal)) + 1)   # first records reaching the goal
     offsets = offset[order[:n]]
     rejected = Counter()
-    for _, line in jsonl_lines(p["rejected"]):
+    for _, _, line in jsonl_lines(p["rejected"], tail="repair"):
         m = re.search(rb'"reason": "(\w+)"', line)
         rejected[m.group(1).decode() if m else "?"] += 1
     stats = {**run_stats, "kept": len(order), "kept_tokens": int(tokens.sum()) if by_tokens else None,
@@ -1012,16 +970,12 @@ BEFORE_DECONTAMINATE = (650, 0.185)
 
 def stdlib_functions(min_bytes=300, max_bytes=2000):
     """Every function and method of this Python's standard library of that size, dedented (an exercise's shape)."""
-    import sysconfig
     import textwrap
     out = []
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
-        if "site-packages" in path.parts:
-            continue
+    for _, src in Source("stdlib"):   # data.py's walk, the one train.py and filter.py read
         try:
-            src = path.read_text("utf-8")
             tree = ast.parse(src)
-        except (SyntaxError, ValueError, UnicodeDecodeError):
+        except (SyntaxError, ValueError):
             continue
         lines = src.splitlines(keepends=True)
         for node in ast.walk(tree):
@@ -1188,9 +1142,7 @@ def _bool(value):
 
 def _input_lines(path):
     """The offsets of the lines of a JSONL input (checked to exist; its records are checked as they are read)."""
-    if not Path(path).is_file():
-        raise SynthError(f"{path}: no such file")
-    return np.array([off for off, _ in jsonl_lines(path)], dtype=np.int64)
+    return np.array([off for _, off, _ in jsonl_lines(path)], dtype=np.int64)
 
 
 def main(argv=None):
@@ -1252,6 +1204,9 @@ def main(argv=None):
     except SynthError as e:
         print(f"synth.py: error: {e}", file=sys.stderr)
         raise SystemExit(e.code) from None
+    except DataError as e:  # an input or output file that is not JSONL
+        print(f"synth.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     except LLMError as e:  # e.g. no server at --base_url: the client gives up on the first requests
         print(f"synth.py: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -39,7 +39,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from data import DataError, Source, benchmark, cache_path, fmt_time, load_tokens, prepare
+from data import DataError, Source, benchmark, cache_path, fmt_time, load_tokens, prepare, read_jsonl
+from eval import EvalError, benchmark_loss, load_problems
 from model import EOT, Phi, PhiConfig, PRESETS, get_tokenizer, load_model
 
 _names_before_config = set(globals())
@@ -48,6 +49,7 @@ _names_before_config = set(globals())
 out_dir = "out"                # checkpoints (ckpt.pt; kept ones as ckpt_NNNNNN.pt) and log.jsonl
 eval_interval = 25             # steps between validation-loss estimates (also at step 0)
 eval_iters = 8                 # micro-batches per validation-loss estimate (the same batches every time)
+eval_problems = ""             # also the benchmark loss at each evaluation (eval.py loss): "humaneval", "mbpp", paths
 log_interval = 10              # steps between printed lines; log.jsonl gets every step
 ckpt_interval = 0              # steps between checkpoints; 0 = every eval_interval. One is always written at the end
 keep_ckpts = ""                # also keep these steps as ckpt_NNNNNN.pt (weights only): "24000,30000", or "all"
@@ -90,6 +92,8 @@ device = "auto"                # "auto" (cuda if available, else cpu), "cpu", "c
 dtype = "auto"                 # "auto" (bfloat16 on GPUs, float32 on CPU), "float32", "bfloat16", "float16"
 compile = False                # torch.compile the model (worth it on GPUs; slow to start)
 seed = 1337                    # seeds the weights, the batches and dropout
+deterministic = False          # bitwise-reproducible GPU steps (exact resume there): the attention kernel's
+                               # deterministic backward and torch's deterministic algorithms, somewhat slower
 bench = False                  # only measure tokens/s and MFU on synthetic data (no data, no checkpoints)
 bench_steps = 10               # measured steps in bench mode, each one micro-batch per process, after 3 warmup steps
 # -----------------------------------------------------------------------------
@@ -393,19 +397,26 @@ def lock_out_dir(out):
     return f
 
 
+def read_benchmarks(spec):
+    """eval_problems -> {name: problems}: "humaneval" (offline), "mbpp" (downloaded), or .jsonl(.gz) paths named by
+    their stem; read once, before any tokenizing, so that a bad name fails at once."""
+    benchmarks = {}
+    for source in filter(None, (s.strip() for s in spec.split(","))):
+        name = source if source in ("humaneval", "mbpp") else Path(source).name.split(".")[0]
+        try:
+            benchmarks[name] = load_problems(source)
+        except EvalError as e:
+            raise UserError(f"eval_problems: {e}")
+    return benchmarks
+
+
 def truncate_log(path, last_step):
     """Drop log lines after the checkpoint being resumed, so the resumed run rewrites them without duplicates."""
     if not path.exists():
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= last_step:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError):
-            pass  # a line cut short by the kill
+    kept = [r for _, r in read_jsonl(path, tail="skip") if r.get("step", math.inf) <= last_step]  # skip: cut by a kill
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     os.replace(tmp, path)
 
 
@@ -416,6 +427,7 @@ def main(argv):
     config = parse_config(argv, defaults)
     globals().update(config)  # from here on the globals above hold this run's values
     paths, weights = parse_sources(data)
+    benchmarks = read_benchmarks(eval_problems)
 
     # ---- processes and devices: DDP when launched by torchrun, else one process
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -464,6 +476,9 @@ def main(argv):
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
 
     # ---- model and optimizer
+    if deterministic:  # the CPU is deterministic anyway; on GPUs the fused backward's fp32 atomics are not
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs to be deterministic
+        torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
     if ckpt is not None:
         cfg = PhiConfig(**ckpt["model_args"])  # the architecture is the checkpoint's
@@ -565,6 +580,19 @@ def main(argv):
         runner.train()
         return total.item() / eval_iters / world
 
+    @torch.no_grad()
+    def bench_losses():
+        """{name: mean loss of its reference solutions}, computed on rank 0 alone (the others wait at the next
+        all-reduce); at small scale, where pass@k is 0, the number that tells two data sets apart (Fig. 2.1)."""
+        if not master:
+            return {}
+        net.eval()
+        with autocast:
+            losses = {name: round(benchmark_loss(net, problems, progress=False)["loss"], 5)
+                      for name, problems in benchmarks.items()}
+        net.train()
+        return losses
+
     def sync():
         if device_type == "cuda":
             torch.cuda.synchronize()
@@ -640,6 +668,7 @@ def main(argv):
         """The printed line for log record r."""
         return (f"step {r['step']}/{max_iters} | loss {r['loss']:.4f}"
                 + (f" | val loss {r['val_loss']:.4f}" if "val_loss" in r else "")
+                + "".join(f" | {k} loss {v:.4f}" for k, v in r.get("bench_loss", {}).items())
                 + f" | lr {r['lr']:.2e} | {r['tokens_per_s']:,.0f} tok/s"
                 + (f" | mfu {r['mfu']:.1%}" if "mfu" in r else "")
                 + f" | epochs {'/'.join(f'{e:.2f}' for e in r['epochs'].values())} | eta {fmt_time(eta)}")
@@ -648,9 +677,11 @@ def main(argv):
     log_file = open(log_path, "a") if master else None
     if start == 0:
         last_val = val_loss()
-        log(f"step 0: val loss {last_val:.4f}")
+        record = {"step": 0, "val_loss": last_val, **({"bench_loss": bench_losses()} if benchmarks else {})}
+        log(f"step 0: val loss {last_val:.4f}" + "".join(f" | {k} loss {v:.4f}" for k, v in
+                                                        record.get("bench_loss", {}).items()))
         if master:
-            log_file.write(json.dumps({"step": 0, "val_loss": last_val}) + "\n")
+            log_file.write(json.dumps(record) + "\n")
             log_file.flush()
     t_run = t_ref = time.time()  # the ETA is measured from t_ref, after the first (slow: warmup, compile) steps
     for step in range(start + 1, max_iters + 1):
@@ -669,6 +700,8 @@ def main(argv):
             record["mfu"] = round(mfu, 4)
         if step % eval_interval == 0 or step == max_iters:
             last_val = record["val_loss"] = val_loss()
+            if benchmarks:
+                record["bench_loss"] = bench_losses()
         if master:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()

@@ -18,9 +18,13 @@ With probability `fault_rate` a request gets one of `faults` instead (drawn from
   "drop"     closes the connection without answering
 `reply` may also raise HTTPError(status, message) to answer with that error (e.g. 400 for a prompt too long).
 Only 127.0.0.1, on a free port; it stops when the `with` block ends.
+
+For the CLIs' tests of a dead server and of Ctrl-C: `closed_port_url()` is a base URL nothing listens on, and
+`interrupt_after(proc, srv, n)` sends Ctrl-C once the server has seen n requests and times the exit.
 """
 import json
 import random
+import signal
 import socket
 import threading
 import time
@@ -28,6 +32,25 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("429", "500", "garbage", "slow", "drop")
+
+
+def closed_port_url():
+    """The base URL of a port on 127.0.0.1 that nothing listens on (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+
+
+def interrupt_after(proc, srv, n_requests, wait=60):
+    """Ctrl-C (SIGINT) to the subprocess proc once srv has received n_requests; returns (seconds from the signal
+    to its exit, stdout, stderr)."""
+    deadline = time.time() + wait
+    while time.time() < deadline and len(srv.requests) < n_requests:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.time()
+    stdout, stderr = proc.communicate(timeout=30)
+    return time.time() - t0, stdout, stderr
 
 
 class HTTPError(Exception):

@@ -21,7 +21,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import filter as F
-from fake_openai import FakeOpenAIServer, HTTPError
+from fake_openai import FakeOpenAIServer, HTTPError, closed_port_url, interrupt_after
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-secret-0123456789"
@@ -59,32 +59,6 @@ def make_docs(n, extra=()):
 
 def client(srv, **kw):
     return F.LLMClient(srv.base_url, "fake", **{"concurrency": 4, "timeout": 5.0, "backoff": 0.01, **kw})
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# JSONL cache
-
-def test_read_jsonl_resumable_repairs_a_torn_tail(tmp_path):
-    p = tmp_path / "labels.jsonl"
-    with open(p, "w") as f:
-        for i in range(3):
-            F.append_jsonl(f, {"i": i})
-        f.write('{"i": 3, "tor')          # a run killed mid-write
-    assert [r["i"] for r in F.read_jsonl_resumable(p)] == [0, 1, 2]
-    assert p.read_text().endswith('{"i": 2}\n')  # cut off, so appending goes on cleanly
-    with open(p, "a") as f:
-        F.append_jsonl(f, {"i": 3})
-    assert [r["i"] for r in F.read_jsonl_resumable(p)] == [0, 1, 2, 3]
-
-    with open(p, "a") as f:
-        f.write('{"i": 4}')               # whole record, only the newline lost: kept
-    assert [r["i"] for r in F.read_jsonl_resumable(p)] == [0, 1, 2, 3, 4]
-    assert p.read_text().endswith('{"i": 4}\n')
-
-    p.write_text('{"i": 0}\nnot json\n{"i": 2}\n')
-    with pytest.raises(ValueError, match=r"labels.jsonl:2:"):
-        F.read_jsonl_resumable(p)
-    assert F.read_jsonl_resumable(tmp_path / "missing.jsonl") == []
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,7 +115,7 @@ def test_annotate_through_a_faulty_server_loses_and_duplicates_nothing(tmp_path)
         judge = F.LLMJudge(client(srv, timeout=0.75, max_retries=12), logprobs=False)
         labels, counts = F.annotate(docs, labels_path, judge, n_annotate=len(docs), seed=0)
         assert sum(srv.fault_counts.values()) > 5
-    records = F.read_jsonl_resumable(labels_path)
+    records = F.read_labels(labels_path)
     assert sorted(r["hash"] for r in records) == sorted(d["hash"] for d in docs)  # each exactly once
     by_id = {r["id"]: r for r in records}
     for d in docs[:36]:
@@ -225,7 +199,7 @@ def test_killed_run_resumes_to_the_same_labels_without_asking_twice(tmp_path):
         assert proc.returncode == -signal.SIGKILL, out1
         with open(labels, "a") as f:
             f.write('{"hash": "0123ab", "id": "do')  # as if killed in the middle of a write
-        n_before = len(F.read_jsonl_resumable(labels))
+        n_before = len(F.read_labels(labels))
         assert n_before == 12
 
         n_requests = len(srv.requests)
@@ -235,7 +209,7 @@ def test_killed_run_resumes_to_the_same_labels_without_asking_twice(tmp_path):
         assert f"{n_before} already in" in done.stdout
 
     def canon(path):
-        return sorted(json.dumps(r, sort_keys=True) for r in F.read_jsonl_resumable(path))
+        return sorted(json.dumps(r, sort_keys=True) for r in F.read_labels(path))
     assert canon(labels) == canon(tmp_path / "reference.jsonl")
     assert len(canon(labels)) == 40
     for text in (labels.read_text(), out1, done.stdout, done.stderr):
@@ -269,26 +243,16 @@ def test_ctrl_c_against_a_slow_server_stops_at_once_and_keeps_the_labels(tmp_pat
         cmd = [sys.executable, str(REPO / "filter.py"), "annotate", f"--out_dir={out}", f"--base_url={srv.base_url}",
                "--model=fake", "--n_annotate=30", "--concurrency=2"]
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 60
-        while time.time() < deadline and len(srv.requests) < 7:  # both threads are now stuck in slow requests
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        t0 = time.time()
-        stdout, stderr = proc.communicate(timeout=30)
-        seconds = time.time() - t0
+        seconds, _, stderr = interrupt_after(proc, srv, 7)  # 7: both threads are stuck in slow requests by then
     assert seconds < 2.0, f"Ctrl-C took {seconds:.1f} s"
-    assert proc.returncode == 1 and "Traceback" not in stderr
+    assert proc.returncode == 130 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("filter.py: interrupted") and "resume" in stderr
-    assert len(F.read_jsonl_resumable(out / "labels.jsonl")) == 5  # what was answered is kept
+    assert len(F.read_labels(out / "labels.jsonl")) == 5  # what was answered is kept
 
 
 def test_a_server_that_is_not_there_fails_fast_with_one_line(tmp_path):
-    import socket
     out = write_corpus(tmp_path, 20)
-    with socket.socket() as s:                     # a port that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/v1"
+    url = closed_port_url()
     t0 = time.time()
     done = subprocess.run([sys.executable, str(REPO / "filter.py"), "annotate", f"--out_dir={out}",
                            f"--base_url={url}", "--model=fake", "--n_annotate=20"],
@@ -509,7 +473,7 @@ def test_pipeline_forest_beats_chance_and_writes_the_corpus(tmp_path):
     assert metrics["roc_auc"] >= 0.9 and metrics["accuracy"] > metrics["majority_baseline_accuracy"]
 
     # the files the judge never saw: the forest's scores separate the true classes
-    labelled = {r["id"] for r in F.read_jsonl_resumable(out / "labels.jsonl")}
+    labelled = {r["id"] for r in F.read_labels(out / "labels.jsonl")}
     scores = {r["id"]: r["score"] for r in F.read_scores(out, F.corpus_index(out))}
     unseen = [i for i in scores if i not in labelled]
     assert len(unseen) == 80
@@ -565,7 +529,7 @@ def test_real_llm_server_annotates(tmp_path):
     t0 = time.time()
     labels, counts = F.annotate(docs, tmp_path / "labels.jsonl", F.LLMJudge(c), n_annotate=6)
     seconds = time.time() - t0
-    records = F.read_jsonl_resumable(tmp_path / "labels.jsonl")
+    records = F.read_labels(tmp_path / "labels.jsonl")
     print(f"\nreal server: {len(records)} labels in {seconds:.1f} s; {dict(counts)}; usage {c.usage}")
     for r in records:
         print(f"  {r['id']}: {r['status']} answer={r['answer']!r} rating={r['rating']} score={r['score']}")

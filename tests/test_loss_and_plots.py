@@ -128,10 +128,28 @@ def test_plot_writes_a_png_of_two_runs(tmp_path):
 @pytest.mark.parametrize("args,message", [(["--colour=red"], "unknown option '--colour=red'"),
                                           (["--x=epochs"], "--x=epochs: choose step or tokens"),
                                           ([], "usage: python plot.py"),
-                                          (["missing_dir"], "missing_dir/log.jsonl: No such file")])
+                                          (["missing_dir"], "missing_dir/log.jsonl: no such file")])
 def test_plot_bad_input_is_one_line(tmp_path, args, message):
     fake_run(tmp_path / "a", 3, 0.0)
     args = [str(tmp_path / "a")] + args if args != ["missing_dir"] and args else args
     proc = subprocess.run([sys.executable, str(REPO / "plot.py"), *args], capture_output=True, text=True,
                           cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_seeds_of_one_experiment_are_summarised_together(tmp_path):
+    import plot
+    runs = [fake_run(tmp_path / name, 10, offset) for name, offset in (("a-1", 0.0), ("a-2", 0.2), ("b-1", 0.5))]
+    for d in runs:  # a benchmark loss at the last step, as train.py logs with eval_problems
+        lines = (d / "log.jsonl").read_text().splitlines()
+        last = json.loads(lines[-1])
+        last["bench_loss"] = {"humaneval": last["val_loss"] - 1}
+        (d / "log.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+    assert plot.curves(plot.read_log(runs[0]))["humaneval loss"] == ([10], [pytest.approx(8.85)])
+    table = plot.summary(runs).splitlines()
+    a_mean = next(line for line in table if line.startswith(f"{tmp_path / 'a'} mean+-sd"))
+    # a-1 and a-2 end at val loss 9.85 and 9.65: mean 9.75, sample sd 0.1414; b has one seed, so no summary row
+    assert "9.7500+-0.1414" in a_mean and "8.7500+-0.1414" in a_mean
+    assert not any(line.startswith(f"{tmp_path / 'b'} mean") for line in table)
+    png = plot.plot_runs(runs, tmp_path / "seeds.png", x="tokens")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import synth
-from fake_openai import FakeOpenAIServer
-from filter import read_jsonl_resumable
+from fake_openai import FakeOpenAIServer, closed_port_url, interrupt_after
+from data import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 MBPP = REPO.parent / "shared" / "data" / "mbpp.jsonl"
@@ -279,7 +279,7 @@ def test_generation_faults_kill_and_resume(tmp_path, monkeypatch):
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        partial = read_jsonl_resumable(raw)   # a kill mid-write may leave a torn last line: resuming drops it
+        partial = [r for _, r in read_jsonl(raw, tail="repair")]   # a kill mid-write may leave a torn last line: resuming drops it
         assert n // 3 <= len(partial) < n, "the run was not killed midway"
         # resume in this process, watching every JSON decode: until the first request reaches the server, the
         # resume reads only the heads of the raw and rejected lines (id, kind, seed, index, tokens), no text;
@@ -418,10 +418,7 @@ def test_real_llama_server_end_to_end(tmp_path):
 
 
 def test_a_server_that_is_not_there_fails_fast_and_leaves_nothing(tmp_path):
-    import socket
-    with socket.socket() as s:                     # a port that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    url = closed_port_url()
     t0 = time.time()
     done = subprocess.run([sys.executable, str(Path(synth.__file__)), "exercises", f"--out={tmp_path / 'ex.jsonl'}",
                            "--n_samples=8", f"--base_url={url}"], cwd=tmp_path, capture_output=True, text=True,
@@ -441,13 +438,7 @@ def test_ctrl_c_against_a_slow_server_stops_at_once(tmp_path):
                                  f"--out={tmp_path / 'ex.jsonl'}", "--n_samples=8", f"--base_url={srv.base_url}",
                                  "--concurrency=2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        deadline = time.time() + 60
-        while time.time() < deadline and len(srv.requests) < 2:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        t0 = time.time()
-        _, stderr = proc.communicate(timeout=30)
-        seconds = time.time() - t0
+        seconds, _, stderr = interrupt_after(proc, srv, 2)
     assert seconds < 2.0, f"Ctrl-C took {seconds:.1f} s"
     assert proc.returncode == 130 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("synth.py: interrupted") and "resume" in stderr

@@ -345,3 +345,25 @@ def test_a_second_run_on_one_out_dir_is_refused_but_not_by_a_dead_one(corpus, tm
     (tmp_path / "out" / "ckpt.pt.tmp").write_bytes(b"cut short by a SIGKILL")
     train.lock_out_dir(tmp_path / "out").close()  # the dead run's lock file does not block; its debris is removed
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["lock"]
+
+
+def test_benchmark_loss_is_logged_at_each_evaluation(corpus, tmp_path):
+    """--eval_problems logs eval.py's benchmark loss at every evaluation; the last equals eval.py's on the final
+    checkpoint; a benchmark that is not there is one line before any work."""
+    import eval as E
+    from model import load_model
+    problems = dict(list(E.load_problems("humaneval").items())[:6])
+    bench = tmp_path / "he6.jsonl"
+    bench.write_text("".join(json.dumps(p) + "\n" for p in problems.values()))
+    out = tmp_path / "out"
+    ok(run([f"--data={corpus}", *NANO, "--block_size=64", "--max_iters=4", "--eval_interval=2", "--warmup_iters=1",
+            f"--eval_problems={bench}", f"--out_dir={out}"], tmp_path))
+    logged = [(r["step"], r["bench_loss"]) for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
+              if "bench_loss" in r]
+    assert [s for s, _ in logged] == [0, 2, 4] and all(set(b) == {"he6"} for _, b in logged)
+    assert logged[-1][1]["he6"] < logged[0][1]["he6"]           # training on Python lowers it
+    final = E.benchmark_loss(load_model(out), problems, progress=False)["loss"]
+    assert logged[-1][1]["he6"] == pytest.approx(final, abs=1e-4)
+    bad = run([f"--data={corpus}", *NANO, f"--eval_problems={tmp_path / 'nope.jsonl'}", f"--out_dir={out}"], tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == f"train.py: error: eval_problems: {tmp_path / 'nope.jsonl'}: no such file"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Fig. 2.1 of "Textbooks Are All You Need" at small scale, on a CPU: is a model trained on filter.py's kept files
+# better, at the same tokens and compute, than one trained on everything? (a) the tiny preset on the standard
+# library, (b) the same on its filtered subset, 3 seeds each; each run logs its validation loss and the loss of
+# HumanEval's (and MBPP's) reference solutions at steps 0, 40, 80; then one figure and a table of them all.
+#
+#   bash config/fig21.sh                   # ~40 min on an idle 2-core CPU; a rerun resumes (finished runs are kept)
+#   OUT=out-x SEEDS="1 2" MBPP=path/to/mbpp.jsonl bash config/fig21.sh
+#
+# MBPP is scored where a local copy exists (MBPP=..., default ../shared/data/mbpp.jsonl beside the checkout);
+# nothing is downloaded. Writes $OUT/filter/, $OUT/{unfiltered,filtered}-SEED/, $OUT/fig21.png and $OUT/table.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out-fig21}
+SEEDS=${SEEDS:-1 2 3}
+MBPP=${MBPP:-../shared/data/mbpp.jsonl}
+problems=humaneval
+if [ -f "$MBPP" ]; then problems="humaneval,$MBPP"; else echo "fig21: no MBPP at $MBPP (set MBPP=path): HumanEval only"; fi
+start=$SECONDS
+
+python filter.py --out_dir="$OUT/filter"          # heuristic judge + TF-IDF stand-ins, offline
+runs=()
+for seed in $SEEDS; do
+    for arm in unfiltered filtered; do
+        dir="$OUT/$arm-$seed"
+        resume=(); [ -f "$dir/ckpt.pt" ] && resume=(--init_from=resume)
+        data=stdlib; [ "$arm" = filtered ] && data="$OUT/filter/filtered.jsonl"
+        echo "fig21: $dir ($(( (SECONDS - start) / 60 )) min so far)"
+        python train.py "config/fig21_$arm.py" --seed="$seed" --data="$data" --eval_problems="$problems" \
+            --out_dir="$dir" "${resume[@]}"
+        runs+=("$dir")
+    done
+done
+python plot.py "${runs[@]}" --x=tokens --out="$OUT/fig21.png" | tee "$OUT/table.txt"
+echo "fig21: done in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
