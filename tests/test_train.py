@@ -367,3 +367,15 @@ def test_benchmark_loss_is_logged_at_each_evaluation(corpus, tmp_path):
     bad = run([f"--data={corpus}", *NANO, f"--eval_problems={tmp_path / 'nope.jsonl'}", f"--out_dir={out}"], tmp_path)
     assert bad.returncode == 2
     assert bad.stderr.strip() == f"train.py: error: eval_problems: {tmp_path / 'nope.jsonl'}: no such file"
+
+
+def test_deterministic_mode_runs_and_changes_nothing_on_cpu(corpus, tmp_path):
+    """--deterministic=True turns on torch's deterministic algorithms (on GPUs: the kernel's reproducible dQ pass);
+    on the CPU, already deterministic, the losses are the same bit for bit."""
+    losses = []
+    for flag in ("False", "True"):
+        out = tmp_path / f"det-{flag}"
+        ok(run([f"--data={corpus}", *NANO, "--max_iters=3", "--eval_interval=3", f"--deterministic={flag}",
+                f"--out_dir={out}"], tmp_path))
+        losses.append([r.get("loss") for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())])
+    assert losses[0] == losses[1] and len(losses[0]) == 4
