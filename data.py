@@ -521,7 +521,7 @@ def jsonl_lines(path, tail="error"):
         for lineno, line in enumerate(f, 1):
             if not line.endswith(b"\n"):   # the last line, torn or only missing its newline
                 whole = _is_json_object(line)
-                if tail == "repair" and (whole or line.strip()):
+                if tail == "repair" and line.strip():   # (a whole object is never blank)
                     with open(path, "r+b") as g:
                         if whole:
                             g.seek(offset + len(line))

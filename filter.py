@@ -957,7 +957,8 @@ def fit_forest(x, y, n_estimators=N_ESTIMATORS, test_fraction=TEST_FRACTION, see
 def stage_fit(a):
     out, index = Path(a.out_dir), corpus_index(a.out_dir)
     labels_path = Path(a.labels or out / "labels.jsonl")
-    labels = {r["hash"]: r["label"] for r in read_labels(labels_path) if r["label"] is not None}
+    records = read_labels(labels_path)
+    labels = {r["hash"]: r["label"] for r in records if r["label"] is not None}
     xs, y = [], []
     for k, shard in enumerate(index["shards"]):  # the embeddings of the labelled files, a shard at a time
         docs = shard_docs(out, shard)
@@ -971,7 +972,7 @@ def stage_fit(a):
     t0 = time.time()
     clf, metrics = fit_forest(np.concatenate(xs), y, a.n_estimators, a.test_fraction, a.seed)
     metrics["fit_seconds"] = round(time.time() - t0, 2)
-    judge = read_labels(labels_path)[0]["judge"]
+    judge = records[0]["judge"]
     bundle = {"forest": clf, "id": uuid.uuid4().hex, "embedder": embedder, "judge": judge,
               "label_threshold": LABEL_THRESHOLD, "sklearn_version": sklearn.__version__, "metrics": metrics}
     write_atomic(out / "forest.joblib", lambda f: joblib.dump(bundle, f))

@@ -16,6 +16,7 @@ import os
 import re
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 from data import DataError, read_jsonl
@@ -40,6 +41,11 @@ def read_log(out_dir):
     return records
 
 
+def read_logs(out_dirs):
+    """{out_dir: its log records}, each log read once for the figure and the table."""
+    return {str(d): read_log(d) for d in out_dirs}
+
+
 def curves(records, x="step"):
     """{"loss" | "val_loss" | "<benchmark> loss" | "lr": (xs, ys)} from one run's records; x is the step or the
     tokens seen so far."""
@@ -62,18 +68,19 @@ def experiment(out_dir):
     return re.sub(r"-\d+$", "", str(out_dir).rstrip("/"))
 
 
-def plot_runs(out_dirs, out="curves.png", x="step"):
+def plot_runs(logs, out="curves.png", x="step"):
+    """One figure of the runs in logs ({out_dir: records}, from read_logs), written atomically to out."""
     import matplotlib
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
     from matplotlib.ticker import EngFormatter
-    runs = {str(d): curves(read_log(d), x) for d in out_dirs}
+    runs = {name: curves(records, x) for name, records in logs.items()}
     benchmarks = sorted({k for c in runs.values() for k in c if k.endswith(" loss")})
     panels = [("loss", "training loss"), ("val_loss", "validation loss (each run's held-out files)"),
               *((k, k.replace(" loss", ": loss of the reference solutions")) for k in benchmarks),
               ("lr", "learning rate")]
-    groups = list(dict.fromkeys(experiment(d) for d in runs))
-    colour = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    seeds = Counter(experiment(d) for d in runs)  # in first-seen order
+    colour = {g: f"C{i % 10}" for i, g in enumerate(seeds)}
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
@@ -83,16 +90,16 @@ def plot_runs(out_dirs, out="curves.png", x="step"):
         labelled = set()
         for name, c in runs.items():
             g = experiment(name)
-            n_seeds = sum(experiment(d) == g for d in runs)
-            label = None if g in labelled else (f"{g} ({n_seeds} seeds)" if n_seeds > 1 else name)
+            label = None if g in labelled else (f"{g} ({seeds[g]} seeds)" if seeds[g] > 1 else name)
             labelled.add(g)
             xs, ys = c.get(key, ([], []))
             ax.plot(xs, ys, color=colour[g], alpha=0.8, marker="o" if key != "loss" and key != "lr" else None,
                     markersize=3, label=label)
         # an evaluation at step 0 sits near ln(vocabulary) ~ 10.8 and would flatten every difference after it:
         # the y axis shows the later evaluations, and the title says so
-        later = [y for c in runs.values() for xv, y in zip(*c.get(key, ([], []))) if xv > 0]
-        if key not in ("loss", "lr") and later and len(later) < sum(len(c.get(key, ([], []))[1]) for c in runs.values()):
+        points = [(xv, y) for c in runs.values() for xv, y in zip(*c.get(key, ([], [])))]
+        later = [y for xv, y in points if xv > 0]
+        if key not in ("loss", "lr") and later and len(later) < len(points):
             lo, hi = min(later), max(later)
             ax.set_ylim(lo - 0.1 * (hi - lo + 0.05), hi + 0.1 * (hi - lo + 0.05))
             title += "\n(y axis from the first evaluation after step 0)"
@@ -114,17 +121,15 @@ def plot_runs(out_dirs, out="curves.png", x="step"):
     return out
 
 
-def summary(out_dirs):
-    """A table of each run's last logged values, then the mean and spread (sample standard deviation, min-max) over
-    the seeds of each experiment."""
+def summary(logs):
+    """A table of each run's last logged values (logs: {out_dir: records}, from read_logs), then the mean and spread
+    (sample standard deviation, min-max) over the seeds of each experiment."""
     last = {}
-    for d in out_dirs:
-        row = {}
-        for r in read_log(d):
-            row.update({"step": r["step"], "tokens": sum(r.get("tokens_seen", {}).values()) or row.get("tokens", 0)})
-            row.update({k: r[k] for k in ("loss", "val_loss") if r.get(k) is not None})
-            row.update({f"{n} loss": v for n, v in r.get("bench_loss", {}).items()})
-        last[str(d)] = row
+    for name, records in logs.items():
+        c = curves(records, x="tokens")
+        row = {key: ys[-1] for key, (_, ys) in c.items() if key != "lr" and ys}
+        row.update(step=records[-1]["step"], tokens=max((max(xs) for xs, _ in c.values() if xs), default=0))
+        last[name] = row
     columns = ["loss", "val_loss", *sorted({k for row in last.values() for k in row if k.endswith(" loss")})]
     width = max(len(name) for name in last) + 2
     lines = [f"{'run':<{width}}{'step':>6}{'tokens':>10}" + "".join(f"{c:>18}" for c in columns)]
@@ -160,8 +165,9 @@ def main(argv):
         raise PlotError(USAGE)
     if options["x"] not in ("step", "tokens"):
         raise PlotError(f"--x={options['x']}: choose step or tokens")
-    print(summary(out_dirs))
-    print(f"plot.py: wrote {plot_runs(out_dirs, options['out'], options['x'])} ({len(out_dirs)} run(s))")
+    logs = read_logs(out_dirs)
+    print(summary(logs))
+    print(f"plot.py: wrote {plot_runs(logs, options['out'], options['x'])} ({len(out_dirs)} run(s))")
 
 
 if __name__ == "__main__":

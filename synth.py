@@ -44,9 +44,8 @@ from pathlib import Path
 import numpy as np
 
 import dedup as dd
-from data import DataError, Progress, Source, fmt_time, jsonl_lines
+from data import DataError, Progress, Source, append_jsonl, fmt_time, jsonl_lines
 from dedup import default_workers
-from data import append_jsonl
 from filter import LLMClient, LLMError
 
 # ----------------------------------------------------------------------------- defaults (CLI flags override)

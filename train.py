@@ -664,11 +664,13 @@ def main(argv):
         if keep == "all" or step in keep:
             save_atomic(weights, out / f"ckpt_{step:06d}.pt")
 
+    def bench_text(r):
+        return "".join(f" | {k} loss {v:.4f}" for k, v in r.get("bench_loss", {}).items())
+
     def progress(r, eta):
         """The printed line for log record r."""
         return (f"step {r['step']}/{max_iters} | loss {r['loss']:.4f}"
-                + (f" | val loss {r['val_loss']:.4f}" if "val_loss" in r else "")
-                + "".join(f" | {k} loss {v:.4f}" for k, v in r.get("bench_loss", {}).items())
+                + (f" | val loss {r['val_loss']:.4f}" if "val_loss" in r else "") + bench_text(r)
                 + f" | lr {r['lr']:.2e} | {r['tokens_per_s']:,.0f} tok/s"
                 + (f" | mfu {r['mfu']:.1%}" if "mfu" in r else "")
                 + f" | epochs {'/'.join(f'{e:.2f}' for e in r['epochs'].values())} | eta {fmt_time(eta)}")
@@ -677,9 +679,10 @@ def main(argv):
     log_file = open(log_path, "a") if master else None
     if start == 0:
         last_val = val_loss()
-        record = {"step": 0, "val_loss": last_val, **({"bench_loss": bench_losses()} if benchmarks else {})}
-        log(f"step 0: val loss {last_val:.4f}" + "".join(f" | {k} loss {v:.4f}" for k, v in
-                                                        record.get("bench_loss", {}).items()))
+        record = {"step": 0, "val_loss": last_val}
+        if benchmarks:
+            record["bench_loss"] = bench_losses()
+        log(f"step 0: val loss {last_val:.4f}" + bench_text(record))
         if master:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()

@@ -26,8 +26,9 @@ for seed in $SEEDS; do
         resume=(); [ -f "$dir/ckpt.pt" ] && resume=(--init_from=resume)
         data=stdlib; [ "$arm" = filtered ] && data="$OUT/filter/filtered.jsonl"
         echo "fig21: $dir ($(( (SECONDS - start) / 60 )) min so far)"
-        python train.py "config/fig21_$arm.py" --seed="$seed" --data="$data" --eval_problems="$problems" \
-            --out_dir="$dir" "${resume[@]}"
+        # --data: the arm's config names it under the default OUT
+        python train.py config/fig21.py "config/fig21_$arm.py" --seed="$seed" --data="$data" \
+            --eval_problems="$problems" --out_dir="$dir" "${resume[@]}"
         runs+=("$dir")
     done
 done

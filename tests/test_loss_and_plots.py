@@ -146,10 +146,10 @@ def test_seeds_of_one_experiment_are_summarised_together(tmp_path):
         last["bench_loss"] = {"humaneval": last["val_loss"] - 1}
         (d / "log.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
     assert plot.curves(plot.read_log(runs[0]))["humaneval loss"] == ([10], [pytest.approx(8.85)])
-    table = plot.summary(runs).splitlines()
+    table = plot.summary(plot.read_logs(runs)).splitlines()
     a_mean = next(line for line in table if line.startswith(f"{tmp_path / 'a'} mean+-sd"))
     # a-1 and a-2 end at val loss 9.85 and 9.65: mean 9.75, sample sd 0.1414; b has one seed, so no summary row
     assert "9.7500+-0.1414" in a_mean and "8.7500+-0.1414" in a_mean
     assert not any(line.startswith(f"{tmp_path / 'b'} mean") for line in table)
-    png = plot.plot_runs(runs, tmp_path / "seeds.png", x="tokens")
+    png = plot.plot_runs(plot.read_logs(runs), tmp_path / "seeds.png", x="tokens")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
