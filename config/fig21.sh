@@ -4,23 +4,36 @@
 # library, (b) the same on its filtered subset, 3 seeds each; each run logs its validation loss and the loss of
 # HumanEval's (and MBPP's) reference solutions at steps 0, 40, 80; then one figure and a table of them all.
 #
-#   bash config/fig21.sh                   # ~40 min on an idle 2-core CPU; a rerun resumes (finished runs are kept)
-#   OUT=out-x SEEDS="1 2" MBPP=path/to/mbpp.jsonl bash config/fig21.sh
+#   bash config/fig21.sh                   # ~30 min on an idle 2-core CPU; a rerun resumes (finished runs are kept)
+#   bash config/fig21.sh --out_dir=out-x --seeds=1,2 --mbpp=path/to/mbpp.jsonl
 #
-# MBPP is scored where a local copy exists (MBPP=..., default ../shared/data/mbpp.jsonl beside the checkout);
-# nothing is downloaded. Writes $OUT/filter/, $OUT/{unfiltered,filtered}-SEED/, $OUT/fig21.png and $OUT/table.txt.
+# MBPP is scored where a local copy exists (--mbpp, default ../shared/data/mbpp.jsonl beside the checkout);
+# nothing is downloaded. Relative paths are from the checkout (the script runs there). Writes OUT_DIR/filter/,
+# OUT_DIR/{unfiltered,filtered}-SEED/, OUT_DIR/fig21.png and OUT_DIR/table.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-out-fig21}
-SEEDS=${SEEDS:-1 2 3}
-MBPP=${MBPP:-../shared/data/mbpp.jsonl}
+OUT=out-fig21
+SEEDS=1,2,3
+MBPP=../shared/data/mbpp.jsonl
+for arg in "$@"; do
+    case $arg in
+        --out_dir=*) OUT=${arg#*=} ;;
+        --seeds=*) SEEDS=${arg#*=} ;;
+        --mbpp=*) MBPP=${arg#*=} ;;
+        *) echo "fig21.sh: error: unknown argument '$arg' (options: --out_dir= --seeds= --mbpp=)" >&2; exit 2 ;;
+    esac
+done
 problems=humaneval
-if [ -f "$MBPP" ]; then problems="humaneval,$MBPP"; else echo "fig21: no MBPP at $MBPP (set MBPP=path): HumanEval only"; fi
+if [ -f "$MBPP" ]; then
+    problems="humaneval,$MBPP"
+else
+    echo "fig21: no MBPP at $MBPP (--mbpp=path): HumanEval only"
+fi
 start=$SECONDS
 
 python filter.py --out_dir="$OUT/filter"          # heuristic judge + TF-IDF stand-ins, offline
 runs=()
-for seed in $SEEDS; do
+for seed in ${SEEDS//,/ }; do
     for arm in unfiltered filtered; do
         dir="$OUT/$arm-$seed"
         resume=(); [ -f "$dir/ckpt.pt" ] && resume=(--init_from=resume)
