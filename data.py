@@ -30,8 +30,6 @@ few documents for that (the split would be far from val_fraction) holds out the 
 A cache directory is named by a hash of the sources' content (not their paths or modification times): an edit
 is always seen, and a moved or copied corpus still finds its cache.
 
-The project's own JSONL files (labels, samples, generations, training logs) are read and appended by the helpers at
-the end of this file, which every script shares, with its progress lines (`Progress`) and `fmt_time`.
 """
 
 import gzip
@@ -54,8 +52,9 @@ from pathlib import Path
 
 import numpy as np
 
-# model.py (the tokenizer) is imported where it is used: it imports torch, which the readers of JSONL files here
-# (plot.py, eval.py's judge) do without
+from configurator import UserError
+from files import Progress
+
 CACHE_VERSION = 2          # bump when the cache format changes
 UNIT_BYTES = 1 << 20       # input bytes per work unit: small enough to keep every worker busy on a 10 MB corpus
 RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -63,7 +62,7 @@ STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__"}  # 
 SKIP_DIRS = {"__pycache__"}  # and every hidden directory (.git, .venv, ...): a checkout's virtualenv is no corpus
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Bad input (a missing source, a missing column, nothing usable): reported as one line, without a traceback."""
 
 
@@ -248,7 +247,6 @@ def is_val(ids, val_fraction):
 
 def tokenize_unit(unit, val_fraction, shard):
     """Worker: tokenize one unit into `shard`.train / `shard`.val (uint16, <|endoftext|> after each document)."""
-    from model import EOT, get_tokenizer
     eot = np.array([EOT], dtype=np.uint16).tobytes()
     tok, skipped = get_tokenizer(), Counter()
     docs = text_bytes = train_tokens = val_tokens = 0
@@ -278,7 +276,6 @@ def append_file(src, dst):
 def tokenize_source(source, out, val_fraction, workers, log):
     """Tokenize every document of `source` into out/train.bin and out/val.bin; returns the summary (meta.json)."""
     total = sum(p.stat().st_size for p in source.files)
-    from model import get_tokenizer
     log(f"tokenizing {source.spec}: {len(source.files):,} file(s), {total / 1e6:,.1f} MB, {workers} worker(s)")
     t0 = time.time()
     progress = Progress(f"tokenizing {source.spec}", total / 1e6, "MB", every=5, log=log)  # bytes on disk
@@ -345,7 +342,6 @@ def describe(skipped):
 def cache_key(source, val_fraction):
     """A hash of everything the tokens depend on: each file's name within the source and its content (reading it
     costs ~1 s per GB, small next to tokenizing), the tokenizer, the split and the text column."""
-    from model import CODEGEN_PATTERN, GPT2_RANKS_SHA256
     h = hashlib.sha256(f"v{CACHE_VERSION} {GPT2_RANKS_SHA256} {CODEGEN_PATTERN} val={val_fraction} "
                        f"column={source.text_column}".encode())
     for path in source.files:
@@ -463,7 +459,6 @@ def benchmark(specs, workers, text_column="", val_fraction=0.02, log=print):
         sampler.join()
         mb, tokens = meta["bytes"] / 1e6, meta["train_tokens"] + meta["val_tokens"]
         # the baseline: the same documents, in batches of ~16 MB so that a large corpus fits in memory
-        from model import get_tokenizer
         bpe, wall_tiktoken, cpu_tiktoken = get_tokenizer().bpe, 0.0, 0.0
         for batch in batches((text for _, text in Source(spec, text_column)), 16e6):
             t0, c0 = time.time(), cpu_seconds()
@@ -488,120 +483,3 @@ def batches(texts, chars):
             batch, size = [], 0
     if batch:
         yield batch
-
-
-# -----------------------------------------------------------------------------
-# The project's own JSONL files and progress lines, one implementation for every script
-#
-# Labels, samples, generations and logs are appended one line at a time and flushed, so a killed run loses at most
-# the line it was writing; reading such a file again knows what a kill leaves (a last line without its newline).
-
-def append_jsonl(f, record, fsync=False):
-    """Write one record as one JSON line and flush it, so a killed run loses at most the line being written."""
-    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    f.flush()
-    if fsync:
-        os.fsync(f.fileno())
-
-
-def jsonl_lines(path, tail="error"):
-    """Yield (line number, byte offset, line) for each non-blank line of a .jsonl or .jsonl.gz file, streaming.
-
-    A last line without its newline is what a killed writer leaves. If it is a whole JSON object it is read (with
-    tail="repair" it also gets its newline); otherwise `tail` decides: "error", "skip" (a file that another process
-    may still be writing, such as a running train.py's log), or "repair" (a file this process is about to append
-    to: the torn line is cut off). With "repair" a missing file reads as empty; otherwise it is an error."""
-    path = Path(path)
-    if not path.is_file():
-        if tail == "repair" and not path.exists():
-            return
-        raise DataError(f"{path}: no such file")
-    with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
-        offset = 0
-        for lineno, line in enumerate(f, 1):
-            if not line.endswith(b"\n"):   # the last line, torn or only missing its newline
-                whole = _is_json_object(line)
-                if tail == "repair" and line.strip():   # (a whole object is never blank)
-                    with open(path, "r+b") as g:
-                        if whole:
-                            g.seek(offset + len(line))
-                            g.write(b"\n")
-                        else:
-                            g.truncate(offset)
-                elif tail == "error" and line.strip() and not whole:
-                    raise DataError(f"{path}: line {lineno} is cut off (was its writer killed?): {line[:60]!r}")
-                if whole:
-                    yield lineno, offset, line + b"\n"
-                return
-            if line.strip():
-                yield lineno, offset, line
-            offset += len(line)
-
-
-def _is_json_object(line):
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
-
-
-def read_jsonl(path, tail="error"):
-    """[(line number, record)] of a JSONL file (see jsonl_lines for `tail`); lines that are not JSON objects are
-    an error naming them."""
-    records, bad = [], []
-    for lineno, _, line in jsonl_lines(path, tail):
-        try:
-            record = json.loads(line)
-        except UnicodeDecodeError as e:
-            bad.append(f"line {lineno}: invalid UTF-8 at byte {e.start + 1}")
-            continue
-        except json.JSONDecodeError as e:
-            bad.append(f"line {lineno} column {e.colno}: {e.msg}")
-            continue
-        if not isinstance(record, dict):
-            bad.append(f"line {lineno}: not a JSON object")
-            continue
-        records.append((lineno, record))
-    if bad:
-        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise DataError(f"{path}: {len(bad)} malformed line(s): {'; '.join(bad[:5])}{more}")
-    return records
-
-
-def fmt_time(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class Progress:
-    """A progress line at most every `every` seconds, and at the end: done/total, rate and ETA (the rate alone
-    when the total is unknown). `start` is work done before this run (a resumed one), left out of the rate.
-    update(n, extra) adds n and appends the caller's own fields to the line."""
-
-    def __init__(self, what, total=None, unit="", every=2.0, start=0, log=None):
-        self.what, self.total, self.unit, self.every = what, total, unit, every
-        self.done = self.start = start
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.t0 = self.last = time.time()
-
-    def update(self, n=1, extra=""):
-        self.done += n
-        now = time.time()
-        finished = self.total is not None and self.done - n < self.total <= self.done  # crossed it just now
-        if now - self.last < self.every and not finished:
-            return
-        self.last = now
-        rate = (self.done - self.start) / max(now - self.t0, 1e-9)
-        unit = f" {self.unit}" if self.unit else ""
-        if self.total is None:
-            line = f"{self.what}: {_amount(self.done)}{unit} ({rate:,.1f}{unit}/s"
-        else:
-            eta = fmt_time((self.total - self.done) / rate) if rate > 0 else "?"
-            line = (f"{self.what}: {_amount(self.done)}/{_amount(self.total)}{unit} "
-                    f"({self.done / max(self.total, 1e-9):.0%}, {rate:,.1f}{unit}/s, ETA {eta}")
-        self.log(line + (f", {extra})" if extra else ")"))
-
-
-def _amount(x):
-    """Counts as integers (1,234); fractional amounts such as megabytes with a decimal below 100."""
-    return f"{x:,.0f}" if x == int(x) or x >= 100 else f"{x:,.1f}"

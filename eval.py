@@ -83,7 +83,7 @@ def read_jsonl(path):
     """(line number, record) of a .jsonl or .jsonl.gz file (data.py's reader); a malformed line is an error."""
     # data.py is imported where it is needed, never at the top: the sandbox's zygote runs this file under
     # `python -I`, which leaves the checkout off sys.path
-    from data import DataError, read_jsonl
+    from files import read_jsonl
     try:
         return read_jsonl(path)
     except DataError as e:
@@ -301,7 +301,7 @@ def sample_completions(model, problems, n=1, temperature=0.0, top_p=0.95, max_ne
     block_size / 2) tokens, and a prompt longer than the rest of the context loses its beginning (left-truncated;
     the sample records how many tokens were dropped, in "prompt_tokens_dropped"). A completion that ended because
     the context ran out, not at a stop sequence or the end-of-text token, is flagged "cut_by_context": true."""
-    from model import get_tokenizer
+    from tokenizer import get_tokenizer
     t0 = time.time()
     tok = get_tokenizer()
     if stop is None:
@@ -318,7 +318,7 @@ def sample_completions(model, problems, n=1, temperature=0.0, top_p=0.95, max_ne
         print(f"sample: {truncated} of {len(problems)} prompt(s) do not fit the model's context of {block} tokens "
               f"with {room} new; their beginnings are dropped (left-truncated)", file=sys.stderr)
     jobs = sorted(((t, i) for t in problems for i in range(n)), key=lambda j: -len(prompts[j[0]]))
-    from data import Progress
+    from files import Progress
     progress = Progress("sample", len(jobs), "completions")
     partial = Path(f"{out_file}.partial")
     new_tokens, cut = 0, 0
@@ -372,7 +372,7 @@ def benchmark_loss(model, problems, batch_size=16, n_boot=1000, seed=1234, progr
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from model import get_tokenizer
+    from tokenizer import get_tokenizer
     t0 = time.time()
     tok = get_tokenizer()
     block = model.config.block_size
@@ -381,7 +381,7 @@ def benchmark_loss(model, problems, batch_size=16, n_boot=1000, seed=1234, progr
     if not rows:
         raise EvalError("none of the problems has a reference solution to score")
     order = sorted(rows, key=lambda t: -len(rows[t][0]))   # similar lengths together: little padding
-    from data import Progress
+    from files import Progress
     shown = Progress("loss", len(order), "problems", log=None if progress else lambda line: None)
     sums, counts = {}, {}
     with torch.no_grad():
@@ -684,7 +684,7 @@ def run_programs(programs, timeout=TIMEOUT, workers=None, tests=None, entry_poin
     lock = threading.Lock()
     stopping = threading.Event()
     if progress:   # data.py only then: the runner itself needs nothing but the standard library
-        from data import Progress   # (not at the top: see read_jsonl)
+        from files import Progress   # (not at the top: see read_jsonl)
         shown = Progress("check", len(jobs), "programs")
     sandboxes = [Sandbox() for _ in range(workers)]
 

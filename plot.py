@@ -19,7 +19,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from data import DataError, read_jsonl
+from configurator import UserError as DataError
+from files import read_jsonl
 
 USAGE = "usage: python plot.py OUT_DIR [OUT_DIR ...] [--out=curves.png] [--x=step|tokens]"
 

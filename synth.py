@@ -44,9 +44,10 @@ from pathlib import Path
 import numpy as np
 
 import dedup as dd
-from data import DataError, Progress, Source, append_jsonl, fmt_time, jsonl_lines
+from data import DataError, Source
+from files import Progress, append_jsonl, fmt_time, jsonl_lines
 from dedup import default_workers
-from filter import LLMClient, LLMError
+from llm import LLMClient, LLMError
 
 # ----------------------------------------------------------------------------- defaults (CLI flags override)
 BASE_URL = "http://127.0.0.1:8080/v1"
@@ -595,7 +596,7 @@ def _generate_loop(kind, seed, p, goal, n_tokens, done, frontier, prefix, base_u
 
 
 def _token_counter():
-    from model import get_tokenizer   # lazy: the model module imports torch
+    from tokenizer import get_tokenizer   # lazy: the model module imports torch
     tok = get_tokenizer()
     return lambda text: len(tok.encode(text))
 

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import data
-from model import EOT, WHITESPACE_RUN, get_tokenizer
+import files
+from tokenizer import EOT, WHITESPACE_RUN, get_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -127,9 +128,9 @@ def test_jsonl_files_know_what_a_kill_leaves(tmp_path):
     p = tmp_path / "labels.jsonl"
     with open(p, "w") as f:
         for i in range(3):
-            data.append_jsonl(f, {"i": i})
+            files.append_jsonl(f, {"i": i})
         f.write('{"i": 3, "tor')                                     # a run killed mid-write
-    ids = lambda tail: [r["i"] for _, r in data.read_jsonl(p, tail)]  # noqa: E731
+    ids = lambda tail: [r["i"] for _, r in files.read_jsonl(p, tail)]  # noqa: E731
     with pytest.raises(data.DataError, match=r"labels.jsonl: line 4 is cut off"):
         ids("error")                                                # an input file: say so
     assert ids("skip") == [0, 1, 2] and p.read_text().endswith('"tor')  # a file being written: left as it is
@@ -137,25 +138,25 @@ def test_jsonl_files_know_what_a_kill_leaves(tmp_path):
     with open(p, "a") as f:
         f.write('{"i": 3}')                                         # a whole record, only its newline lost
     assert ids("error") == [0, 1, 2, 3] and ids("repair") == [0, 1, 2, 3] and p.read_text().endswith('{"i": 3}\n')
-    assert [(n, off) for n, off, _ in data.jsonl_lines(p)] == [(1, 0), (2, 9), (3, 18), (4, 27)]
+    assert [(n, off) for n, off, _ in files.jsonl_lines(p)] == [(1, 0), (2, 9), (3, 18), (4, 27)]
 
     p.write_text('{"i": 0}\nnot json\n[1]\n{"i": 3}\n')
     with pytest.raises(data.DataError, match=r"2 malformed line\(s\): line 2 column 1: Expecting value; "
                                              r"line 3: not a JSON object"):
-        data.read_jsonl(p, "repair")
+        files.read_jsonl(p, "repair")
     gz = tmp_path / "x.jsonl.gz"
     with gzip.open(gz, "wt") as f:
         f.write('{"a": 1}\n\n{"a": 2}\n')
-    assert data.read_jsonl(gz) == [(1, {"a": 1}), (3, {"a": 2})]
-    assert data.read_jsonl(tmp_path / "new.jsonl", "repair") == []  # our own file, not written yet
+    assert files.read_jsonl(gz) == [(1, {"a": 1}), (3, {"a": 2})]
+    assert files.read_jsonl(tmp_path / "new.jsonl", "repair") == []  # our own file, not written yet
     with pytest.raises(data.DataError, match="missing.jsonl: no such file"):
-        data.read_jsonl(tmp_path / "missing.jsonl")
+        files.read_jsonl(tmp_path / "missing.jsonl")
 
 
 def test_progress_lines_give_rate_and_eta_and_the_end_once(monkeypatch):
     now, lines = [100.0], []
     monkeypatch.setattr(data.time, "time", lambda: now[0])
-    p = data.Progress("embedded", 1000, "files", every=2.0, start=400, log=lines.append)  # 400 done before
+    p = files.Progress("embedded", 1000, "files", every=2.0, start=400, log=lines.append)  # 400 done before
     for _ in range(6):
         now[0] += 1.0
         p.update(100)                     # 100 files a second, at t = 1..6 s; the total is reached at t = 6
@@ -163,11 +164,11 @@ def test_progress_lines_give_rate_and_eta_and_the_end_once(monkeypatch):
     assert lines == ["embedded: 600/1,000 files (60%, 100.0 files/s, ETA 0m04s)",
                      "embedded: 800/1,000 files (80%, 100.0 files/s, ETA 0m02s)",
                      "embedded: 1,000/1,000 files (100%, 100.0 files/s, ETA 0m00s)"]
-    mb = data.Progress("tokenizing x", 2.5, "MB", every=0, log=lines.append)
+    mb = files.Progress("tokenizing x", 2.5, "MB", every=0, log=lines.append)
     now[0] += 1.0
     mb.update(0.75)
     assert lines[-1] == "tokenizing x: 0.8/2.5 MB (30%, 0.8 MB/s, ETA 0m02s)"
-    q = data.Progress("loaded", None, every=0, log=lines.append)
+    q = files.Progress("loaded", None, every=0, log=lines.append)
     now[0] += 2.0
     q.update(10, "3 duplicates")
     assert lines[-1] == "loaded: 10 (5.0/s, 3 duplicates)"

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import eval as E
-from model import Phi, PhiConfig, get_tokenizer
+from model import Phi, PhiConfig
+from tokenizer import get_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -5,8 +5,9 @@ import shutil
 import pytest
 import torch
 
-from model import (EOT, Phi, PhiConfig, Tokenizer, attention, attention_reference, document_mask, get_tokenizer,
-                   load_model, sample_next_token)
+from model import (Phi, PhiConfig, attention, attention_reference, document_mask, load_model,
+                   sample_next_token)
+from tokenizer import EOT, Tokenizer, get_tokenizer
 
 # ---------------------------------------------------------------------------- tokenizer
 

@@ -16,7 +16,7 @@ import pytest
 
 import synth
 from fake_openai import FakeOpenAIServer, closed_port_url, interrupt_after
-from data import read_jsonl
+from files import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 MBPP = REPO.parent / "shared" / "data" / "mbpp.jsonl"
@@ -338,7 +338,7 @@ def test_resume_refuses_another_seed(tmp_path):
 
 
 def test_textbook_token_target(tmp_path):
-    from model import get_tokenizer
+    from tokenizer import get_tokenizer
     out = tmp_path / "tb.jsonl"
     with FakeOpenAIServer(fake_reply) as srv:
         rep = synth.generate("textbook", out, n_tokens=1500, base_url=srv.base_url, model="fake", concurrency=4,
