@@ -54,6 +54,7 @@ import numpy as np
 
 from configurator import UserError
 from files import Progress
+from tokenizer import CODEGEN_PATTERN, EOT, GPT2_RANKS_SHA256, get_tokenizer
 
 CACHE_VERSION = 2          # bump when the cache format changes
 UNIT_BYTES = 1 << 20       # input bytes per work unit: small enough to keep every worker busy on a 10 MB corpus
