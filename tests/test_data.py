@@ -21,6 +21,7 @@ import pytest
 
 import data
 import files
+from configurator import UserError
 from tokenizer import EOT, WHITESPACE_RUN, get_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,7 +132,7 @@ def test_jsonl_files_know_what_a_kill_leaves(tmp_path):
             files.append_jsonl(f, {"i": i})
         f.write('{"i": 3, "tor')                                     # a run killed mid-write
     ids = lambda tail: [r["i"] for _, r in files.read_jsonl(p, tail)]  # noqa: E731
-    with pytest.raises(data.DataError, match=r"labels.jsonl: line 4 is cut off"):
+    with pytest.raises(UserError, match=r"labels.jsonl: line 4 is cut off"):
         ids("error")                                                # an input file: say so
     assert ids("skip") == [0, 1, 2] and p.read_text().endswith('"tor')  # a file being written: left as it is
     assert ids("repair") == [0, 1, 2] and p.read_text().endswith('{"i": 2}\n')  # ours: cut, appending goes on
@@ -141,7 +142,7 @@ def test_jsonl_files_know_what_a_kill_leaves(tmp_path):
     assert [(n, off) for n, off, _ in files.jsonl_lines(p)] == [(1, 0), (2, 9), (3, 18), (4, 27)]
 
     p.write_text('{"i": 0}\nnot json\n[1]\n{"i": 3}\n')
-    with pytest.raises(data.DataError, match=r"2 malformed line\(s\): line 2 column 1: Expecting value; "
+    with pytest.raises(UserError, match=r"2 malformed line\(s\): line 2 column 1: Expecting value; "
                                              r"line 3: not a JSON object"):
         files.read_jsonl(p, "repair")
     gz = tmp_path / "x.jsonl.gz"
@@ -149,7 +150,7 @@ def test_jsonl_files_know_what_a_kill_leaves(tmp_path):
         f.write('{"a": 1}\n\n{"a": 2}\n')
     assert files.read_jsonl(gz) == [(1, {"a": 1}), (3, {"a": 2})]
     assert files.read_jsonl(tmp_path / "new.jsonl", "repair") == []  # our own file, not written yet
-    with pytest.raises(data.DataError, match="missing.jsonl: no such file"):
+    with pytest.raises(UserError, match="missing.jsonl: no such file"):
         files.read_jsonl(tmp_path / "missing.jsonl")
 
 
