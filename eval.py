@@ -478,6 +478,7 @@ def bench_gen(preset="nano", device="cpu", dtype="float32", batches=(1, 16, 64),
     """New tokens/s of model.generate at a preset's shape with random weights, beside Hugging Face's generate."""
     import torch
     from model import Phi, PhiConfig
+    from weights import save_pretrained
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EvalError("bench-gen: no CUDA device here; use --device cpu (with --preset nano to be quick)")
     torch.manual_seed(0)
@@ -490,7 +491,7 @@ def bench_gen(preset="nano", device="cpu", dtype="float32", batches=(1, 16, 64),
     if hf:
         from transformers import PhiForCausalLM
         with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp)
+            save_pretrained(model, tmp)
             hf_model = PhiForCausalLM.from_pretrained(tmp, torch_dtype=dt).to(device).eval()
 
     def sync():
@@ -524,7 +525,7 @@ def bench_gen(preset="nano", device="cpu", dtype="float32", batches=(1, 16, 64),
 def model_and_problems(args):
     """The --ckpt model on --device (in --dtype on CUDA) and the --problems, for `sample` and `loss`."""
     import torch
-    from model import load_model
+    from weights import load_model
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     problems = load_problems(args.problems, args.split)
     model = load_model(args.ckpt, device=device)

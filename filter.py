@@ -567,7 +567,7 @@ class ModelEmbedder:
 
     def model(self):
         import torch
-        from model import load_model
+        from weights import load_model
         if self._model is None:
             local = os.environ.get("LOCAL_RANK", "0")  # under torchrun, each process on its own GPU
             device = self.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")

@@ -42,7 +42,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from data import DataError, Source, benchmark, cache_path, load_tokens, prepare
 from files import fmt_time, read_jsonl
 from eval import EvalError, benchmark_loss, load_problems
-from model import Phi, PhiConfig, PRESETS, load_model
+from model import Phi, PhiConfig, PRESETS
+from weights import load_model
 from tokenizer import EOT, get_tokenizer
 
 _names_before_config = set(globals())

@@ -607,10 +607,11 @@ def test_ctrl_c_exits_cleanly_with_one_line(tmp_path):
 def test_sample_from_a_tiny_model_then_check(tmp_path):
     import torch
     from model import Phi, PhiConfig
+    from weights import save_pretrained
     torch.manual_seed(0)
     model = Phi(PhiConfig.from_preset("nano"))
     hf_dir, ckpt = tmp_path / "hf", tmp_path / "ckpt.pt"
-    model.save_pretrained(hf_dir)
+    save_pretrained(model, hf_dir)
     torch.save({"model": model.state_dict(), "model_args": dataclasses.asdict(model.config)}, ckpt)
     problems = tmp_path / "problems.jsonl"
     write_samples(problems, [{"task_id": f"T/{i}", "prompt": f"def f{i}(x):\n    return", "entry_point": f"f{i}",
@@ -634,11 +635,12 @@ def test_sample_with_a_short_context_truncates_and_flags(tmp_path, capsys):
     # context are flagged, and the run ends with one line saying where it wrote what, in how long
     import torch
     from model import Phi, PhiConfig
+    from weights import save_pretrained
     torch.manual_seed(0)
     model = Phi(PhiConfig.from_preset("nano"))
     assert model.config.block_size == 128
     hf_dir = tmp_path / "hf"
-    model.save_pretrained(hf_dir)
+    save_pretrained(model, hf_dir)
     long_doc = " ".join(f"word{i}" for i in range(200))
     problems = tmp_path / "problems.jsonl"
     write_samples(problems, [{"task_id": "T/long", "prompt": f'def f(x):\n    """{long_doc}"""\n', "entry_point": "f",

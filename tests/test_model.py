@@ -5,8 +5,8 @@ import shutil
 import pytest
 import torch
 
-from model import (Phi, PhiConfig, attention, attention_reference, document_mask, load_model,
-                   sample_next_token)
+from model import Phi, PhiConfig, attention, attention_reference, document_mask, sample_next_token
+from weights import from_pretrained, load_model, save_pretrained
 from tokenizer import EOT, Tokenizer, get_tokenizer
 
 # ---------------------------------------------------------------------------- tokenizer
@@ -140,7 +140,7 @@ def _hf_tiny():
 def test_hf_checkpoint_loads_with_same_logits(tmp_path):
     hf = _hf_tiny()
     hf.save_pretrained(tmp_path)
-    ours = Phi.from_pretrained(tmp_path).eval()
+    ours = from_pretrained(tmp_path).eval()
     assert ours.config.rotary_dim == 8
     idx = torch.randint(0, 50295, (2, 33))
     with torch.no_grad():
@@ -156,7 +156,7 @@ def test_our_save_loads_into_transformers(tmp_path):
     with torch.no_grad():
         for p in ours.parameters():
             p.add_(torch.randn_like(p) * 0.01)
-    ours.save_pretrained(tmp_path)
+    save_pretrained(ours, tmp_path)
     hf = PhiForCausalLM.from_pretrained(tmp_path).eval()
     idx = torch.randint(0, 50295, (2, 40))
     with torch.no_grad():
@@ -173,10 +173,10 @@ def test_pytorch_model_bin_and_missing_weights(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     idx = torch.randint(0, 50295, (1, 9))
     with torch.no_grad():
-        assert (Phi.from_pretrained(tmp_path)(idx)[0] - hf(idx).logits).abs().max().item() < 1e-4
+        assert (from_pretrained(tmp_path)(idx)[0] - hf(idx).logits).abs().max().item() < 1e-4
     (tmp_path / "pytorch_model.bin").unlink()
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
-        Phi.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
 
 
 def test_load_model_from_train_checkpoint(tmp_path):
@@ -228,7 +228,7 @@ def test_codegen_unsupported_variant_is_a_clear_error(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "n_head": 6, "activation_function": "relu"}))
     with pytest.raises(ValueError, match="unsupported CodeGen variant: activation_function='relu', n_head=6"):
-        Phi.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
 
 
 def test_codegen_directory_runs_through_eval_sample_and_filter_embedding(tmp_path):

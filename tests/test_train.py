@@ -351,7 +351,7 @@ def test_benchmark_loss_is_logged_at_each_evaluation(corpus, tmp_path):
     """--eval_problems logs eval.py's benchmark loss at every evaluation; the last equals eval.py's on the final
     checkpoint; a benchmark that is not there is one line before any work."""
     import eval as E
-    from model import load_model
+    from weights import load_model
     problems = dict(list(E.load_problems("humaneval").items())[:6])
     bench = tmp_path / "he6.jsonl"
     bench.write_text("".join(json.dumps(p) + "\n" for p in problems.values()))
