@@ -29,17 +29,25 @@ flash_attention_supported(q, k, v) tells a caller when to fall back to PyTorch S
 Run:
     python -m pytest -q tests/test_attention_kernel.py     # CPU, Triton interpreter (TRITON_INTERPRET=1)
     python attention_kernel.py                             # benchmark table on a CUDA GPU (vs SDPA, FlexAttention)
-    python attention_kernel.py --sass                      # sm_90 instruction counts per loop, no GPU needed
+    python attention_kernel.py --sass=True                 # sm_90 instruction counts per loop, no GPU needed
 """
-import argparse
 import math
 import os
-import sys
+import re
+import subprocess
+import tempfile
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from triton.backends.compiler import GPUTarget
+
+import configurator
+from configurator import RunError, UserError
 
 # Under TRITON_INTERPRET=1 the kernels run as numpy on the CPU: bf16 arithmetic is wrong there (numpy has no bf16),
 # so every load is upcast to fp32, and autotuning (which times configs with a GPU clock) is replaced by one config.
@@ -544,7 +552,7 @@ def _configs(small, large):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in entries]
 
 
-# The H100 candidates and their sm_90 register, spill and instruction counts are in attention_kernel_tuning.md.
+# The H100 candidates and their sm_90 register, spill and instruction counts are in docs/attention_kernel_tuning.md.
 # Few candidates each: every one is compiled and timed once per new tuning key (seconds each at the first step).
 FWD_CONFIGS = _configs((32, 32, 4, 1), [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)])
 BWD_CONFIGS = _configs((16, 32, 4, 1), [(64, 64, 8, 3), (64, 64, 4, 3), (32, 128, 8, 3), (64, 128, 8, 2)])
@@ -749,33 +757,42 @@ def dropout_mask(seed, B, H, T, dropout_p, device="cpu"):
 # ----------------------------------------------------------------------------------------------------------------
 # benchmark: python attention_kernel.py
 
-BENCH_SHAPES = [(8, 32, 2048, 64), (16, 16, 2048, 64), (2, 32, 8192, 64), (4, 16, 4096, 128)]  # (B, H, T, D)
+BENCH_DOC = """Benchmark flash_attention against PyTorch SDPA (FLASH, CUDNN) and FlexAttention:
+forward and forward+backward TFLOP/s, causal, on a CUDA GPU. --sass=True instead prints sm_90
+machine-code statistics (no GPU needed).
+
+    python attention_kernel.py "--shapes=8,32,2048,64;2,32,8192,64" --dropout=0,0.1 --doc_len=512
+    python attention_kernel.py --sass=True"""
+# (B, H, T, D)
+BENCH_SHAPES = [(8, 32, 2048, 64), (16, 16, 2048, 64), (2, 32, 8192, 64), (4, 16, 4096, 128)]
+BENCH_OPTIONS = {
+    "shapes": (";".join(",".join(map(str, s)) for s in BENCH_SHAPES),
+               "B,H,T,D;B,H,T,D;... the shapes to time"),
+    "doc_len": (512, "mean document length of an extra document-masked case at the first shape;\n"
+                     "0 = none"),
+    "dropout": ("0,0.1", "dropout probabilities to run each shape at, comma-separated"),
+    "dtype": ("bfloat16", "bfloat16 or float16"),
+    "no_flex": (False, "True: skip FlexAttention (its compile takes a while)"),
+    "sass": (False, "True: compile every kernel and config for sm_90 and print registers, spills\n"
+                    "and instructions per loop, instead of the benchmark"),
+}
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(description="Benchmark flash_attention against PyTorch SDPA (FLASH, CUDNN) and "
-                                                 "FlexAttention: forward and forward+backward TFLOP/s, causal bf16. "
-                                                 "--sass instead prints sm_90 machine-code statistics (no GPU).")
-    parser.add_argument("--shapes", default=";".join(",".join(map(str, s)) for s in BENCH_SHAPES),
-                        help="B,H,T,D;B,H,T,D;... (default: %(default)s)")
-    parser.add_argument("--doc_len", type=int, default=512,
-                        help="mean document length of the extra document-masked case at the first shape; 0 = none")
-    parser.add_argument("--dropout", default="0,0.1", help="dropout probabilities to run each shape at")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
-    parser.add_argument("--no_flex", action="store_true", help="skip FlexAttention (its compile takes a while)")
-    parser.add_argument("--sass", action="store_true", help="compile every kernel and config for sm_90 and print "
-                                                            "registers, spills and instructions per loop")
-    args = parser.parse_args(argv)
+    args = configurator.parse(argv, BENCH_OPTIONS, BENCH_DOC)
     try:
         shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";") if s]
         assert shapes and all(len(s) == 4 for s in shapes)
     except (ValueError, AssertionError):
-        parser.error(f"--shapes must look like B,H,T,D;B,H,T,D, got {args.shapes!r}")
+        raise UserError(f"--shapes must look like B,H,T,D;B,H,T,D, got {args.shapes!r}")
     try:
         dropout = [float(p) for p in args.dropout.split(",")]
         assert all(0 <= p < 1 for p in dropout)
     except (ValueError, AssertionError):
-        parser.error(f"--dropout must be probabilities in [0, 1) like 0,0.1, got {args.dropout!r}")
+        raise UserError(f"--dropout must be probabilities in [0, 1) like 0,0.1, "
+                        f"got {args.dropout!r}")
+    if args.dtype not in ("bfloat16", "float16"):
+        raise UserError(f"--dtype={args.dtype}: choose bfloat16 or float16")
     args.shapes, args.dropout = shapes, dropout
     return args
 
@@ -792,15 +809,13 @@ def _random_doc_ids(B, T, mean_len, device):
     return starts.cumsum(1).to(device)
 
 
-def benchmark(argv=None):
+def benchmark(argv):
     args = _parse_args(argv)
     if args.sass:
         return sass_report()
     if not torch.cuda.is_available() or INTERPRET:
-        sys.exit("attention_kernel.py: the benchmark needs a CUDA GPU (and TRITON_INTERPRET unset)")
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        raise RunError("the benchmark needs a CUDA GPU (and TRITON_INTERPRET unset); "
+                       "--sass=True needs none")
     flex = torch.compile(flex_attention)
     dtype = getattr(torch, args.dtype)
 
@@ -832,7 +847,7 @@ def benchmark(argv=None):
             impls["flex"] = lambda: flex(q, k, v, block_mask=block_mask)
         for name, backend in (("FLASH", SDPBackend.FLASH_ATTENTION), ("CUDNN", SDPBackend.CUDNN_ATTENTION)):
             if doc_ids is None:  # neither backend takes a document mask
-                impls[name] = lambda backend=backend: _sdpa(F, sdpa_kernel, backend, q, k, v, p)
+                impls[name] = lambda backend=backend: _sdpa(backend, q, k, v, p)
         label = f"B{B} H{H} T{T} D{D}" + (f" docs~{doc_len}" if doc_ids is not None else "") + \
             (f" dropout {p}" if p else "")
         for mode, factor in (("fwd", 1.0), ("fwd+bwd", 3.5)):
@@ -855,7 +870,7 @@ def benchmark(argv=None):
         torch.cuda.empty_cache()
 
 
-def _sdpa(F, sdpa_kernel, backend, q, k, v, dropout_p):
+def _sdpa(backend, q, k, v, dropout_p):
     with sdpa_kernel(backend):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
 
@@ -868,10 +883,6 @@ def _compile_sm90(kernel, cfg, D, dropout, fuse_dq=True):
     ptxas for sm_90, specialised as a real causal bf16 launch of model.py's fused qkv at T=2048 would be: pointers,
     strides and T divisible by 16, head-dim strides 1. A loop is a backward branch; its size is the number of SASS
     instructions from the branch target to the branch."""
-    import re
-    import subprocess
-    import tempfile
-    from triton.backends.compiler import GPUTarget
     fn = kernel
     types = {"LSE": "*fp32", "DELTA": "*fp32", "DS": "*i32", "DE": "*i32", "SEED": "*i64", "MASK": "*i8",
              "DQ": "*fp32" if fuse_dq and fn is _attn_bwd else "*bf16", "drop_t": "i32", "drop_scale": "fp32",
@@ -909,10 +920,10 @@ def _compile_sm90(kernel, cfg, D, dropout, fuse_dq=True):
 
 
 def sass_report():
-    """The table of attention_kernel_tuning.md: per kernel, config and head dim, registers, spilled bytes and the
+    """The table of docs/attention_kernel_tuning.md: per kernel, config and head dim, registers, spilled bytes and the
     instruction count of each loop (first the unmasked bulk, then the masked diagonal), without and with dropout."""
     if INTERPRET:
-        sys.exit("attention_kernel.py: --sass compiles for a GPU; unset TRITON_INTERPRET")
+        raise RunError("--sass=True compiles for a GPU; unset TRITON_INTERPRET")
     print(f"triton {triton.__version__}, sm_90, causal bf16, no documents; regs / spilled bytes / SASS "
           f"instructions per loop; ratio = loop with dropout / without")
     print(f"{'kernel':<10} {'config':<15} {'D':>3} {'no dropout':<24} {'dropout':<24} ratio")
@@ -929,4 +940,4 @@ def sass_report():
 
 
 if __name__ == "__main__":
-    benchmark()
+    configurator.cli(benchmark)

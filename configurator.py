@@ -47,7 +47,7 @@ def parse(argv, options, doc="", args=None):
     flags, positional = split_argv(argv, options, doc, args)
     if positional and not args:
         raise UserError(f"unexpected argument {positional[0]!r}: options are --key=value")
-    return SimpleNamespace(**{k: spec[0] for k, spec in options.items()}, **flags, args=positional)
+    return SimpleNamespace(**{**{k: spec[0] for k, spec in options.items()}, **flags}, args=positional)
 
 
 def split_argv(argv, options, doc="", args=None):
@@ -186,9 +186,9 @@ def pick_command(argv, commands, doc="", default=None):
 
 
 def cli(main, argv=None, prog=None):
-    """Run main(argv) with every expected failure as one line on stderr: UserError exits 2, RunError and OSError
-    1, Ctrl-C 130 (a KeyboardInterrupt's own message, if any, says what was kept). Under torchrun only rank 0
-    speaks."""
+    """Run main(argv) with every expected failure as one line on stderr: UserError (and FileNotFoundError)
+    exits 2, RunError and any other OSError 1, Ctrl-C 130 (a KeyboardInterrupt's own message, if any, says what
+    was kept). Under torchrun only rank 0 speaks. Ctrl-C ends with os._exit: call cli only from __main__."""
     prog = prog or Path(sys.argv[0]).name
     argv = sys.argv[1:] if argv is None else argv
     quiet = os.environ.get("RANK", "0") != "0"
@@ -199,7 +199,7 @@ def cli(main, argv=None, prog=None):
 
     try:
         main(argv)
-    except UserError as e:
+    except (UserError, FileNotFoundError) as e:  # a path the user gave that is not there is bad input too
         say(f"error: {e}")
         sys.exit(2)
     except (RunError, OSError) as e:

@@ -10,8 +10,9 @@ StackOverflow plus under 1 B of synthetic textbooks, ~25 GB of text), so nothing
     print(source.skipped)                        # what could not be read, by reason
     cache = prepare("the-stack/data/python", "data_cache", val_fraction=0.02, workers=16, log=print)
 
-`python train.py --prepare_only=True --data=...` runs `prepare` for each source and exits; add `--bench=True` for
-the throughput benchmark (MB/s, tokens/s, peak memory, beside raw tiktoken on the same documents).
+`python train.py --prepare_only=True --data=...` runs `prepare` for each source and exits; `python bench.py data
+--data=...` measures it (MB/s, tokens/s, peak memory, beside raw tiktoken on the same documents). train.py reads
+the prepared sources as one weighted mixture (parse_sources, load_mixture, at the end of this file).
 
 Sources. A directory gives every .py file below it (one document each) and every .jsonl, .jsonl.gz and .parquet
 file below it (one document per record); a file given directly is read by its suffix, and any other file is one
@@ -27,6 +28,8 @@ unit order. Memory stays flat however large the corpus, only small unit descript
 processes, and the tokens are the same whatever the number of workers. A document is held out for validation when a
 hash of its tokens falls below val_fraction, so identical documents always land in the same split; a source with too
 few documents for that (the split would be far from val_fraction) holds out the tail of its stream instead.
+Ctrl-C ends a preparation within a second and leaves no cache directory behind: the workers ignore it, and the
+main process only notes it and stops the pool at its next wait.
 A cache directory is named by a hash of the sources' content (not their paths or modification times): an edit
 is always seen, and a moved or copied corpus still finds its cache.
 
@@ -35,15 +38,13 @@ is always seen, and a moved or copied corpus still finds its cache.
 import gzip
 import hashlib
 import json
+import math
 import multiprocessing
 import os
-import resource
 import shutil
 import signal
 import socket
-import sys
 import sysconfig
-import tempfile
 import threading
 import time
 import zlib
@@ -280,43 +281,71 @@ def tokenize_source(source, out, val_fraction, workers, log):
     log(f"tokenizing {source.spec}: {len(source.files):,} file(s), {total / 1e6:,.1f} MB, {workers} worker(s)")
     t0 = time.time()
     progress = Progress(f"tokenizing {source.spec}", total / 1e6, "MB", every=5, log=log)  # bytes on disk
-    docs = text_bytes = n_train = n_val = 0
-    skipped = source.skipped
-    # fork: workers inherit the tokenizer loaded here; they ignore Ctrl-C, which the main process turns into
-    # terminating them, so an interrupted preparation ends at once and leaves nothing behind
-    get_tokenizer()
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=signal.signal,
-                                                     initargs=(signal.SIGINT, signal.SIG_IGN))
-    try:
-        pending = deque()
-        with open(out / "train.bin", "wb") as train, open(out / "val.bin", "wb") as val:
-            def collect():
-                nonlocal docs, text_bytes, n_train, n_val
-                r = pending.popleft().get()
-                append_file(f"{r['shard']}.train", train)
-                append_file(f"{r['shard']}.val", val)
-                docs, text_bytes = docs + r["docs"], text_bytes + r["bytes"]
-                n_train, n_val = n_train + r["train_tokens"], n_val + r["val_tokens"]
-                skipped.update(r["skipped"])
-                progress.update(r["cost"] / 1e6)
-
+    done = Counter()  # docs, bytes, train_tokens, val_tokens
+    get_tokenizer()  # fork: the workers inherit the tokenizer loaded here
+    with CtrlCNoted() as ctrl_c, open(out / "train.bin", "wb") as train, open(out / "val.bin", "wb") as val:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=signal.signal,
+                                                         initargs=(signal.SIGINT, signal.SIG_IGN))
+        try:
+            pending = deque()
             for i, unit in enumerate(source.units()):
                 pending.append(pool.apply_async(tokenize_unit, (unit, val_fraction, str(out / f"{i:07d}"))))
-                if len(pending) >= 2 * workers:  # a bounded window: memory does not grow with the corpus
-                    collect()
+                ctrl_c.check()
+                while len(pending) >= 2 * workers or (pending and pending[0].ready()):  # a bounded window
+                    collect(pending.popleft(), train, val, done, source.skipped, progress, ctrl_c)
             while pending:
-                collect()
-    finally:
-        pool.terminate()
-        pool.join()
-    if not docs:
+                collect(pending.popleft(), train, val, done, source.skipped, progress, ctrl_c)
+        finally:
+            pool.terminate()
+            pool.join()
+    n_train, n_val = done["train_tokens"], done["val_tokens"]
+    if not done["docs"]:
         raise DataError(f"{source.spec}: nothing to train on ({len(source.files):,} file(s); skipped: "
-                        f"{describe(skipped) or 'nothing, the files are empty'})")
+                        f"{describe(source.skipped) or 'nothing, the files are empty'})")
     if not 0.5 * val_fraction <= n_val / (n_train + n_val) <= 2 * val_fraction:
         n_train, n_val = cut_stream(out, val_fraction)
-    seconds = time.time() - t0
-    return dict(source=source.spec, files=len(source.files), documents=docs, bytes=text_bytes,
-                train_tokens=n_train, val_tokens=n_val, skipped=dict(skipped), seconds=round(seconds, 2))
+    return dict(source=source.spec, files=len(source.files), documents=done["docs"], bytes=done["bytes"],
+                train_tokens=n_train, val_tokens=n_val, skipped=dict(source.skipped),
+                seconds=round(time.time() - t0, 2))
+
+
+def collect(result, train, val, done, skipped, progress, ctrl_c):
+    """Wait for one unit's shard (noticing Ctrl-C meanwhile) and append it to train.bin and val.bin."""
+    while not result.ready():
+        result.wait(0.1)
+        ctrl_c.check()
+    r = result.get()
+    append_file(f"{r['shard']}.train", train)
+    append_file(f"{r['shard']}.val", val)
+    done.update(docs=r["docs"], bytes=r["bytes"], train_tokens=r["train_tokens"], val_tokens=r["val_tokens"])
+    skipped.update(r["skipped"])
+    progress.update(r["cost"] / 1e6)
+
+
+class CtrlCNoted:
+    """While a worker pool runs, Ctrl-C only sets a flag, and the main process raises KeyboardInterrupt at its
+    next check(), a point where it holds none of the pool's locks: a KeyboardInterrupt at any other moment can
+    leave one held and the pool's terminate() waiting for it forever. The workers ignore SIGINT (they are
+    terminated), and a worker that gets it before it ignores it only sets its own copy of the flag."""
+
+    def __enter__(self):
+        self.pressed = False
+        main = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+        self.previous = signal.signal(signal.SIGINT, self.note) if main else None
+        return self
+
+    def note(self, signum, frame):
+        self.pressed = True
+
+    def check(self):
+        if self.pressed:
+            raise KeyboardInterrupt("nothing half-written was kept")
+
+    def __exit__(self, kind, value, traceback):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        if kind is None:
+            self.check()  # pressed while the pool was ending
 
 
 def cut_stream(out, val_fraction):
@@ -382,8 +411,10 @@ def prepare(spec, cache_root, val_fraction, workers, text_column="", log=print):
             os.rename(tmp, path)  # atomic: a cache directory is complete or absent
         except OSError:  # another process (another node) finished the same source first
             shutil.rmtree(tmp)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, KeyboardInterrupt) and not str(e):
+            raise KeyboardInterrupt("nothing half-written was kept") from None
         raise
     skipped = f"; skipped {describe(meta['skipped'])}" if meta["skipped"] else ""
     log(f"data: {spec}: {meta['documents']:,} documents, {meta['bytes'] / 1e6:,.1f} MB -> {meta['train_tokens']:,} "
@@ -409,78 +440,83 @@ def load_tokens(cache):
 
 
 # -----------------------------------------------------------------------------
-# Benchmark: preparation throughput and memory, beside raw tiktoken on the same documents
+# The mixture train.py draws from: several prepared sources, each with a weight
 
-def tree_rss(pid=None):
-    """Resident memory (bytes) of a process and all its descendants, from /proc."""
-    pid = pid or os.getpid()
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-        children = []
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                children += f.read().split()
-    except (OSError, StopIteration):
-        return 0
-    return rss + sum(tree_rss(int(c)) for c in children)
-
-
-def cpu_seconds():
-    """CPU time (user + system) of this process's threads and of its children that have ended."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def benchmark(specs, workers, text_column="", val_fraction=0.02, log=print):
-    """Prepare each source afresh (in a temporary cache) while sampling the process tree's memory, then time
-    tiktoken's GPT-2 encode_ordinary_batch, one thread per worker, on the same documents read into memory. Both
-    are timed in wall-clock seconds and in CPU seconds: on a machine that other jobs keep busy, the CPU time per MB
-    is the fair comparison (the wall time depends on what else runs at each moment)."""
-    load = os.getloadavg()
-    log(f"bench: {os.cpu_count()} CPU(s), {workers} worker(s), load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-        f", Python {sys.version.split()[0]}")
-    for spec in specs:
-        source = Source(spec, text_column)
-        t0 = time.time()
-        cache_key(source, val_fraction)
-        t_hash = time.time() - t0
-        peak, done = [tree_rss()], threading.Event()
-
-        def sample():
-            while not done.wait(0.1):
-                peak.append(max(peak[-1], tree_rss()))
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        with tempfile.TemporaryDirectory(prefix="phi1-bench-") as tmp:
-            t0, c0 = time.time(), cpu_seconds()
-            meta = tokenize_source(source, Path(tmp), val_fraction, workers, log=lambda msg: None)
-            seconds, cpu = time.time() - t0, cpu_seconds() - c0  # the pool's workers have ended: they are counted
-        done.set()
-        sampler.join()
-        mb, tokens = meta["bytes"] / 1e6, meta["train_tokens"] + meta["val_tokens"]
-        # the baseline: the same documents, in batches of ~16 MB so that a large corpus fits in memory
-        bpe, wall_tiktoken, cpu_tiktoken = get_tokenizer().bpe, 0.0, 0.0
-        for batch in batches((text for _, text in Source(spec, text_column)), 16e6):
-            t0, c0 = time.time(), cpu_seconds()
-            bpe.encode_ordinary_batch(batch, num_threads=workers)
-            wall_tiktoken, cpu_tiktoken = wall_tiktoken + time.time() - t0, cpu_tiktoken + cpu_seconds() - c0
-        log(f"bench: {spec}: {meta['documents']:,} documents, {mb:,.1f} MB -> {tokens:,} tokens in {seconds:.1f}s: "
-            f"{mb / seconds:.1f} MB/s, {tokens / seconds / 1e6:.2f} M tokens/s, {mb / cpu:.1f} MB per CPU-second, "
-            f"peak RSS of the process tree {max(peak) / 1e6:,.0f} MB | tiktoken GPT-2 encode_ordinary_batch, "
-            f"{workers} threads: {mb / wall_tiktoken:.1f} MB/s, {mb / cpu_tiktoken:.1f} MB per CPU-second | ratio "
-            f"{wall_tiktoken / seconds:.2f}x wall, {cpu_tiktoken / cpu:.2f}x CPU | content hash {t_hash:.1f}s "
-            f"({mb / max(t_hash, 1e-9):,.0f} MB/s)")
+def parse_sources(spec):
+    """"a.jsonl:0.7,b/:0.3" -> ([paths], [weights]), or weights None: each source weighs its token count."""
+    paths, weights = [], []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        path, weight = item, None
+        head, colon, tail = item.rpartition(":")
+        if colon:
+            try:
+                path, weight = head, float(tail)
+            except ValueError:
+                pass  # a colon inside the path
+        if weight is not None and not (weight > 0 and math.isfinite(weight)):
+            raise DataError(f"--data: the weight of {path} must be a positive number, got {tail}")
+        paths.append(path)
+        weights.append(weight)
+    if not paths:
+        raise DataError("no data sources given (--data=...)")
+    if len(set(paths)) < len(paths):
+        raise DataError(f"--data names a source twice: {spec}")
+    if all(w is None for w in weights):
+        return paths, None
+    if None in weights:
+        raise DataError(f"--data: give every source a weight, or none (then each weighs its token count): "
+                        f"{spec}")
+    return paths, weights
 
 
-def batches(texts, chars):
-    """Lists of consecutive texts of about `chars` characters each."""
-    batch, size = [], 0
-    for text in texts:
-        batch.append(text)
-        size += len(text)
-        if size >= chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+def prepare_all(paths, cache_root, val_fraction, workers, column, builder, log):
+    """The cache directory of each source, tokenizing it first if there is none. Only `builder` (local rank 0
+    of a torchrun job) tokenizes; the node's other processes find the same directory from the content hash and
+    wait for it."""
+    if builder:
+        return [prepare(p, cache_root, val_fraction, workers or os.cpu_count() or 1, column, log) for p in paths]
+    caches = [cache_path(Source(p, column), cache_root, val_fraction) for p in paths]
+    while not all((c / "meta.json").exists() for c in caches):
+        time.sleep(0.5)
+    return caches
+
+
+def load_mixture(paths, weights, caches, block, log):
+    """The sources' train and val streams (memory-mapped) and the probability of drawing a sequence from each."""
+    train, val = [], []
+    for path, cache in zip(paths, caches):
+        t, v = load_tokens(cache)
+        short = block + 2 - len(v)
+        if 0 < short < len(t) - block - 1:  # a tiny source: hold out its train tail too, for one val sequence
+            t, v = t[:len(t) - short], np.concatenate([t[len(t) - short:], v])
+            log(f"data: {path}: the val split is shorter than a sequence, so the last {short} train tokens "
+                "are held out too")
+        for split, toks in (("train", t), ("val", v)):
+            if len(toks) <= block + 1:
+                raise DataError(f"the {split} split of {path} has {len(toks)} tokens, too few for "
+                                f"block_size={block}; use more data or a smaller block_size")
+        train.append(t)
+        val.append(v)
+    probs = np.array(weights if weights else [len(t) for t in train], dtype=np.float64)
+    probs /= probs.sum()
+    if len(paths) > 1:
+        log("data mixture: " + ", ".join(f"{p} {q:.1%} ({len(t) / 1e6:,.1f} M tokens)"
+                                         for p, q, t in zip(paths, probs, train)))
+    return train, val, probs
+
+
+def draw(lengths, probs, batch, block, seed, *stream):
+    """The source and start of each sequence of one micro-batch, from (seed, *stream) alone: a
+    resumed run, or another number of processes, draws exactly the same."""
+    rng = np.random.default_rng([seed, *stream])
+    which = rng.choice(len(probs), size=batch, p=probs)                        # (B,)
+    starts = rng.integers(0, np.asarray(lengths)[which] - block - 1)          # (B,)
+    return which, starts
+
+
+def tokens_drawn(lengths, probs, batch, block, seed, step, n_micro):
+    """Tokens each source gave one training step's n_micro micro-batches (replayed, not sent)."""
+    which = [draw(lengths, probs, batch, block, seed, 0, step, m)[0] for m in range(n_micro)]
+    return np.bincount(np.concatenate(which), minlength=len(probs)) * block

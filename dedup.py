@@ -26,8 +26,13 @@ no Python call per shingle, word or character. `signatures(..., workers=N)` spre
 
     exact, sigs = signatures(texts, len(texts), workers=2)     # (n,) uint64, (n, 128) uint32
     keep, pairs = near_duplicates(sigs, text_of=texts.__getitem__, live=first_occurrences(exact))
+
+Records ({"id", "text", ...} dicts) go through dedup_records; the lines of a JSONL file of any
+size through dedup_lines, which reads each line by its byte offset when it needs it (`python
+synth.py dedup FILE.jsonl`).
 """
 import hashlib
+import json
 import multiprocessing
 import os
 import re
@@ -35,6 +40,9 @@ from collections import deque
 from functools import lru_cache
 
 import numpy as np
+
+from configurator import UserError
+from files import atomic_write
 
 SHINGLE = 5                  # words per shingle
 NUM_PERM = 128               # MinHash functions
@@ -345,3 +353,94 @@ def near_duplicates(sigs, text_of, live=None, threshold=THRESHOLD, bands=BANDS, 
             more.setdefault(bk, []).append(j)
         head[bj[hj < 0]] = j
     return keep, pairs
+
+
+# ----------------------------------------------------------------------------- JSONL records
+# At the paper's scale a JSONL file holds ~1 B tokens: nothing below keeps its texts in memory. A
+# pass reads the lines it needs (by offset, in the order it needs them) and hands them to worker
+# processes as bytes.
+
+class LineReader:
+    """Random access to the lines of a file by byte offset (one open file; the OS's page cache does
+    the rest)."""
+
+    def __init__(self, path):
+        self.f = open(path, "rb")
+
+    def __call__(self, offset):
+        self.f.seek(int(offset))
+        line = self.f.readline()
+        return line if line.endswith(b"\n") else line + b"\n"   # a last line without its newline
+
+    def close(self):
+        self.f.close()
+
+
+def record_of(item):
+    """A record from (its number, a JSONL line or a dict), checked to have a text; its id defaults
+    to the number. Otherwise a ValueError names the record (the caller adds the file)."""
+    i, x = item
+    if isinstance(x, dict):
+        r = x
+    else:
+        try:
+            r = json.loads(x)
+        except ValueError as e:
+            raise ValueError(f"record {i} is not JSON ({e})") from None
+    if not isinstance(r, dict) or not isinstance(r.get("text"), str):
+        raise ValueError(f"record {i} has no 'text' field")
+    r.setdefault("id", str(i))
+    return r
+
+
+def _text_of(item):
+    return record_of(item)["text"]
+
+
+def _find_duplicates(items, n, decode, text_of, threshold, workers):
+    """Exact, then near duplicates over `items` (decoded to texts in the workers). Returns keep (n,)
+    bool, the number of exact duplicates, and [(j, i)]: near duplicate j of kept i."""
+    exact, sigs = signatures(items, n=n, decode=decode, workers=workers)
+    live = first_occurrences(exact)
+    keep, pairs = near_duplicates(sigs, text_of, live=live, threshold=threshold)
+    return keep, int(n - live.sum()), pairs
+
+
+def dedup_records(records, threshold=THRESHOLD, workers=1):
+    """Drop exact duplicates (after whitespace normalisation), then near duplicates: records whose
+    word 5-gram Jaccard similarity with an earlier kept record is >= threshold. Keeps the first of
+    each group, so the input order decides. Returns (kept records, {"exact", "near", "pairs":
+    [[dropped id, kept id], ...]})."""
+    texts = [r["text"] for r in records]
+    keep, exact, pairs = _find_duplicates(texts, len(texts), None, texts.__getitem__, threshold,
+                                          workers)
+    ids = [[records[j]["id"], records[i]["id"]] for j, i in pairs]
+    kept = [r for r, k in zip(records, keep) if k]
+    return kept, {"exact": exact, "near": len(pairs), "pairs": ids}
+
+
+def dedup_lines(path, offsets, threshold=THRESHOLD, workers=1):
+    """dedup_records over the JSONL lines of `path` at `offsets` (in that order): keep (n,) bool and
+    the summary. A line that is not a record with a text is a UserError naming the file and the
+    record."""
+    reader = LineReader(path)
+    try:
+        items = ((i, reader(off)) for i, off in enumerate(offsets))
+        record = lambda i: record_of((i, reader(offsets[i])))  # noqa: E731  (read back by offset)
+        keep, exact, pairs = _find_duplicates(items, len(offsets), _text_of,
+                                              lambda i: record(i)["text"], threshold, workers)
+        ids = [[record(j)["id"], record(i)["id"]] for j, i in pairs]
+        return keep, {"exact": exact, "near": len(pairs), "pairs": ids}
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+    finally:
+        reader.close()
+
+
+def copy_lines(path, offsets, out):
+    """The lines of `path` at `offsets`, in that order, into `out` (atomically)."""
+    reader = LineReader(path)
+    try:
+        atomic_write(out, lambda f: f.writelines(map(reader, offsets)))
+    finally:
+        reader.close()

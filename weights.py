@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from configurator import UserError
 from model import Phi, PhiConfig
 from tokenizer import EOT
 
@@ -180,7 +181,12 @@ def load_model(path, device="cpu"):
         if not ckpt_file.exists():
             raise FileNotFoundError(f"{path} is neither a train.py checkpoint, an out_dir with ckpt.pt, "
                                     "nor a Hugging Face directory with config.json")
-        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
-        model = Phi(PhiConfig(**{f.name: ckpt["model_args"][f.name] for f in fields(PhiConfig)}))
+        try:
+            ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+            args = {f.name: ckpt["model_args"][f.name] for f in fields(PhiConfig)}
+        except Exception as e:  # torch reports a cut-short zip, an empty file or garbage in many ways
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:120]
+            raise UserError(f"{ckpt_file} is not a readable checkpoint ({reason})") from None
+        model = Phi(PhiConfig(**args))
         model.load_state_dict(ckpt["model"])
     return model.to(device).eval()

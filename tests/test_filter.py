@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import filter as F
+from configurator import UserError, cli
 from fake_openai import FakeOpenAIServer, HTTPError, closed_port_url, interrupt_after
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,7 +132,7 @@ def test_annotate_through_a_faulty_server_loses_and_duplicates_nothing(tmp_path)
     with FakeOpenAIServer(judge_reply) as srv:
         _, counts = F.annotate(docs, labels_path, F.LLMJudge(client(srv)), n_annotate=len(docs))
         assert counts["asked"] == 0 and srv.requests == []
-    with pytest.raises(F.FilterError, match="holds labels from"):
+    with pytest.raises(UserError, match="holds labels from"):
         F.annotate(docs, labels_path, F.HeuristicJudge(), n_annotate=5)
 
 
@@ -177,13 +179,13 @@ def test_killed_run_resumes_to_the_same_labels_without_asking_twice(tmp_path):
         return judge_reply(messages, body)
 
     with FakeOpenAIServer(gated_reply) as srv:
-        args = ["--out_dir", str(tmp_path / "out"), "--base_url", srv.base_url, "--model", "fake",
-                "--n_annotate", "40", "--concurrency", "2"]
-        F.main(["load", "--input", str(corpus), "--out_dir", str(tmp_path / "out")])
-        F.main(["annotate", *args, "--labels", str(tmp_path / "reference.jsonl")])  # uninterrupted
+        args = [f"--out_dir={tmp_path / 'out'}", f"--base_url={srv.base_url}", "--model=fake",
+                "--n_annotate=40", "--concurrency=2"]
+        F.main(["load", f"--input={corpus}", f"--out_dir={tmp_path / 'out'}"])
+        F.main(["annotate", *args, f"--labels={tmp_path / 'reference.jsonl'}"])  # uninterrupted
 
         labels = tmp_path / "labels.jsonl"
-        cmd = [sys.executable, str(REPO / "filter.py"), "annotate", *args, "--labels", str(labels)]
+        cmd = [sys.executable, str(REPO / "filter.py"), "annotate", *args, f"--labels={labels}"]
         env = {**os.environ, "OPENAI_API_KEY": SECRET}
         state.update(served=0, limit=12)
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -222,7 +224,7 @@ def test_killed_run_resumes_to_the_same_labels_without_asking_twice(tmp_path):
 def write_corpus(tmp_path, n):
     corpus = tmp_path / "corpus_in.jsonl"
     corpus.write_text("".join(json.dumps({"text": d["text"], "id": d["id"]}) + "\n" for d in make_docs(n)))
-    F.main(["load", "--input", str(corpus), "--out_dir", str(tmp_path / "out")])
+    F.main(["load", f"--input={corpus}", f"--out_dir={tmp_path / 'out'}"])
     return tmp_path / "out"
 
 
@@ -263,18 +265,27 @@ def test_a_server_that_is_not_there_fails_fast_with_one_line(tmp_path):
     assert last.startswith("filter.py: error: cannot connect to") and url in last
 
 
-def test_no_usable_label_is_a_failure(tmp_path):
+def run_cli(argv, capsys):
+    """filter.py's command line in this process, for a run that fails: (exit code, stderr lines)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli(F.main, argv, prog="filter.py")
+    return e.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_no_usable_label_is_a_failure(tmp_path, capsys):
     out = write_corpus(tmp_path, 4)
     with FakeOpenAIServer(lambda m, b: "I cannot rate code.") as srv:
-        with pytest.raises(SystemExit, match="filter.py: error: the judge gave no usable label"):
-            F.main(["annotate", f"--out_dir={out}", f"--base_url={srv.base_url}", "--model=fake"])
+        code, err = run_cli(["annotate", f"--out_dir={out}", f"--base_url={srv.base_url}",
+                             "--model=fake"], capsys)
+    assert code == 1 and err[-1].startswith("filter.py: error: the judge gave no usable label")
 
 
 def test_dry_run_prints_the_cost_and_sends_nothing(tmp_path, capsys):
     out = write_corpus(tmp_path, 10)
     with FakeOpenAIServer(judge_reply) as srv:
         F.main(["all", f"--out_dir={out}", f"--base_url={srv.base_url}", "--model=fake", "--n_annotate=6",
-                "--dry_run=True", "--input", str(tmp_path / "corpus_in.jsonl")])
+                "--dry_run=True", f"--input={tmp_path / 'corpus_in.jsonl'}"])
         assert srv.requests == []
     said = capsys.readouterr().out
     assert "will send 6 requests (6 files" in said and "prompt tokens" in said and "at most 72 completion" in said
@@ -286,6 +297,61 @@ def test_dry_run_prints_the_cost_and_sends_nothing(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The command line: --key=value only, every key with a help line, one exit code per mistake
+
+def test_command_line_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
+    out = f"--out_dir={tmp_path / 'out'}"
+    for argv, says in [
+            (["load", "--input", "x.jsonl", out], "expected --key=value, got '--input'"),
+            (["annotate", "--n_anotate=5", out],
+             "unknown key 'n_anotate' in the command line; did you mean --n_annotate?"),
+            (["load", "--n_annotate=5", out], "unknown key 'n_annotate'"),  # not a key of `load`
+            (["--dry_run", out], "expected --key=value, got '--dry_run'"),  # booleans: =True|False
+            (["annotate", "--no_logprobs=maybe", out], "--no_logprobs=maybe: expected bool"),
+            (["apply", "--keep_fraction=1.5", out], "--keep_fraction=1.5: must be in (0, 1]"),
+            (["anotate", out], "unknown command 'anotate'; did you mean annotate?")]:
+        code, err = run_cli(argv, capsys)
+        assert code == 2 and len(err) == 1, (argv, err)
+        assert err[0].startswith("filter.py: error: ") and says in err[0], (argv, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_key_has_a_help_line(capsys):
+    for stage in ("load", "annotate", "embed", "fit", "apply", "all"):
+        with pytest.raises(SystemExit) as e:
+            F.main([stage, "--help"])
+        assert e.value.code == 0
+        said = capsys.readouterr().out.splitlines()
+        rows = [line.split(None, 1) for line in said if line.startswith("  --")]
+        assert rows and all(len(r) == 2 and r[1].strip() for r in rows), stage  # each: its help
+    keys = {r[0] for r in rows}  # `all` takes every stage's keys
+    assert {"--no_logprobs=False", "--dry_run=False", "--input='stdlib'", "--forest=None"} <= keys
+
+
+def test_a_missing_input_is_exit_2_and_leaves_the_loaded_corpus(tmp_path):
+    out = write_corpus(tmp_path, 5)
+    index = (out / "corpus" / "index.json").read_text()
+    cmd = [sys.executable, str(REPO / "filter.py"), "--input=does/not/exist", f"--out_dir={out}"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == ["filter.py: error: data source not found: does/not/exist"]
+    assert (out / "corpus" / "index.json").read_text() == index  # the loaded corpus is still usable
+
+
+def test_no_logprobs_and_dry_run_take_true_or_false(tmp_path):
+    out = write_corpus(tmp_path, 4)
+    with FakeOpenAIServer(judge_reply, logprobs=True) as srv:
+        base = ["annotate", f"--out_dir={out}", f"--base_url={srv.base_url}", "--model=fake",
+                "--n_annotate=2"]
+        F.main([*base, "--dry_run=True", "--no_logprobs=True"])
+        assert srv.requests == []
+        F.main([*base, "--dry_run=False", "--no_logprobs=True", f"--labels={tmp_path / 'a.jsonl'}"])
+        assert len(srv.requests) == 2 and not any("logprobs" in r for r in srv.requests)
+        F.main([*base, "--no_logprobs=False", f"--labels={tmp_path / 'b.jsonl'}"])
+        assert len(srv.requests) == 4 and all(r["logprobs"] is True for r in srv.requests[2:])
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Loading: bad inputs are counted, not fatal
 
 def load(inputs, max_bytes=F.MAX_BYTES):
@@ -293,7 +359,7 @@ def load(inputs, max_bytes=F.MAX_BYTES):
     return list(F.corpus_docs(inputs, max_bytes, counts)), counts
 
 
-def test_load_counts_bad_inputs(tmp_path):
+def test_load_counts_bad_inputs(tmp_path, capsys):
     src = tmp_path / "src"
     (src / "pkg" / "__pycache__").mkdir(parents=True)
     good = 'def add(a, b):\n    """Add two numbers."""\n    return a + b\n'
@@ -323,12 +389,14 @@ def test_load_counts_bad_inputs(tmp_path):
     assert [(d["id"], d["source"]) for d in docs] == [("so.jsonl:1", "so.jsonl"), ("so.jsonl:6", "so.jsonl")]
     assert counts == {"record without a string 'text'": 2, "non-UTF-8 record": 1, "empty record": 1}
 
-    with pytest.raises(SystemExit, match="filter.py: error: data source not found"):
-        F.main(["load", "--input", str(tmp_path / "nope"), "--out_dir", str(tmp_path / "out")])
+    out = f"--out_dir={tmp_path / 'out'}"
+    code, err = run_cli(["load", f"--input={tmp_path / 'nope'}", out], capsys)
+    assert code == 2 and err == [f"filter.py: error: data source not found: {tmp_path / 'nope'}"]
     (tmp_path / "blank").mkdir()
     (tmp_path / "blank" / "a.py").write_text("\n")
-    with pytest.raises(SystemExit, match="filter.py: error: no usable documents in .*empty file 1"):
-        F.main(["load", "--input", str(tmp_path / "blank"), "--out_dir", str(tmp_path / "out")])
+    code, err = run_cli(["load", f"--input={tmp_path / 'blank'}", out], capsys)
+    assert code == 2 and len(err) == 1
+    assert re.match("filter.py: error: no usable documents in .*empty file 1", err[0])
 
 
 def test_heuristic_stand_in_prefers_documented_code():
@@ -466,7 +534,7 @@ def test_pipeline_forest_beats_chance_and_writes_the_corpus(tmp_path):
     rows = toy_corpus(200, seed=0)
     jl.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
     out = tmp_path / "out"
-    F.main(["all", "--input", str(jl), "--out_dir", str(out), "--n_annotate", "120", "--n_estimators", "50"])
+    F.main(["all", f"--input={jl}", f"--out_dir={out}", "--n_annotate=120", "--n_estimators=50"])
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_labelled"] == 120
@@ -492,8 +560,9 @@ def test_pipeline_forest_beats_chance_and_writes_the_corpus(tmp_path):
     jl2 = tmp_path / "toy2.jsonl"
     jl2.write_text("".join(json.dumps(r) + "\n" for r in toy_corpus(40, seed=1)))
     out2 = tmp_path / "out2"
-    F.main(["load", "--input", str(jl2), "--out_dir", str(out2)])
-    F.main(["apply", "--out_dir", str(out2), "--forest", str(out / "forest.joblib"), "--keep_fraction", "0.25"])
+    F.main(["load", f"--input={jl2}", f"--out_dir={out2}"])
+    F.main(["apply", f"--out_dir={out2}", f"--forest={out / 'forest.joblib'}",
+            "--keep_fraction=0.25"])
     kept2 = [json.loads(line) for line in open(out2 / "filtered.jsonl")]
     good2 = {f"toy2.jsonl:{n}" for n, r in enumerate(toy_corpus(40, seed=1), 1) if r["id"].startswith("good")}
     assert len(kept2) == 10 and all(r["id"] in good2 for r in kept2)
@@ -578,7 +647,7 @@ def torchrun(tmp_path, *args):
     return done
 
 
-def test_torchrun_embed_and_apply_equal_one_process(tmp_path):
+def test_torchrun_embed_and_apply_equal_one_process(tmp_path, capsys):
     jl = tmp_path / "toy.jsonl"
     jl.write_text("".join(json.dumps(r) + "\n" for r in toy_corpus(150, seed=5)))
     one, two = tmp_path / "one", tmp_path / "two"
@@ -598,12 +667,13 @@ def test_torchrun_embed_and_apply_equal_one_process(tmp_path):
     (two / "filtered.jsonl").unlink()
     torchrun(tmp_path, "apply", f"--out_dir={two}")
     assert (two / "filtered.jsonl").read_bytes() == reference  # the same kept files, ids and scores
-    with pytest.raises(SystemExit):  # the stages that are one process's refuse torchrun
-        os.environ["WORLD_SIZE"] = "2"
-        try:
-            F.main(["fit", f"--out_dir={two}"])
-        finally:
-            del os.environ["WORLD_SIZE"]
+    os.environ["WORLD_SIZE"] = "2"  # the stages that are one process's refuse torchrun
+    try:
+        code, err = run_cli(["fit", f"--out_dir={two}"], capsys)
+    finally:
+        del os.environ["WORLD_SIZE"]
+    assert code == 2 and err == ["filter.py: error: under torchrun only `embed` and `apply` run "
+                                 "(on every rank); run `fit` in one process"]
 
 
 def test_a_killed_embed_resumes_without_redoing_shards(tmp_path):

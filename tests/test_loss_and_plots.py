@@ -35,8 +35,9 @@ def test_loss_equals_the_models_own_loss_on_one_problem(tmp_path, capsys):
                "canonical_solution": "    return a + b\n", "test": "", "entry_point": "add"}
     (tmp_path / "p.jsonl").write_text(json.dumps(problem) + "\n")
     out = tmp_path / "loss.json"
-    E.main(["loss", "--ckpt", str(save_ckpt(model, tmp_path / "ckpt.pt")), "--problems", str(tmp_path / "p.jsonl"),
-            "--device", "cpu", "--out", str(out)])
+    ckpt = save_ckpt(model, tmp_path / "ckpt.pt")
+    E.main(["loss", f"--ckpt={ckpt}", f"--problems={tmp_path / 'p.jsonl'}", "--device=cpu",
+            f"--out={out}"])
     tok = get_tokenizer()
     prompt, solution = tok.encode(problem["prompt"]), tok.encode(problem["canonical_solution"])
     ids = torch.tensor([prompt + solution[:-1]])
@@ -80,8 +81,8 @@ def test_training_on_the_solutions_lowers_their_loss(tmp_path):
     trained = save_ckpt(model.eval(), tmp_path / "trained.pt")
     result = {}
     for name, ckpt in [("untrained", untrained), ("trained", trained)]:
-        E.main(["loss", "--ckpt", str(ckpt), "--problems", str(problems_file), "--device", "cpu",
-                "--out", str(tmp_path / f"{name}.json")])
+        E.main(["loss", f"--ckpt={ckpt}", f"--problems={problems_file}", "--device=cpu",
+                f"--out={tmp_path / f'{name}.json'}"])
         result[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert result["untrained"]["problems"] == result["trained"]["problems"] == 12
     assert abs(result["untrained"]["loss"] - math.log(51200)) < 0.5
@@ -90,7 +91,8 @@ def test_training_on_the_solutions_lowers_their_loss(tmp_path):
 
 
 def test_loss_cli_bad_input_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "eval.py"), "loss", "--ckpt", str(tmp_path / "nothing")],
+    proc = subprocess.run([sys.executable, str(REPO / "eval.py"), "loss",
+                           f"--ckpt={tmp_path / 'nothing'}"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("eval.py: error: ") and "Traceback" not in proc.stderr
 
@@ -126,8 +128,10 @@ def test_plot_writes_a_png_of_two_runs(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temporary file left
 
 
-@pytest.mark.parametrize("args,message", [(["--colour=red"], "unknown option '--colour=red'"),
+@pytest.mark.parametrize("args,message", [(["--colour=red"], "unknown key 'colour'"),
                                           (["--x=epochs"], "--x=epochs: choose step or tokens"),
+                                          (["--x", "tokens"], "expected --key=value, got '--x'"),
+                                          (["--out=curves.xyz"], "matplotlib cannot write .xyz files"),
                                           ([], "usage: python plot.py"),
                                           (["missing_dir"], "missing_dir/log.jsonl: no such file")])
 def test_plot_bad_input_is_one_line(tmp_path, args, message):

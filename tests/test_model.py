@@ -1,10 +1,15 @@
-"""Tests for model.py: the CodeGen tokenizer, parameter counts, equivalence with Hugging Face's PhiForCausalLM and
-CodeGenForCausalLM, generation with the KV cache, and the sampling command line."""
+"""Tests for model.py and what surrounds it: the CodeGen tokenizer (tokenizer.py), parameter counts,
+equivalence with Hugging Face's PhiForCausalLM and CodeGenForCausalLM (weights.py), generation with
+the KV cache, and the sampling command line (sample.py)."""
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import sample
 from model import Phi, PhiConfig, attention, attention_reference, document_mask, sample_next_token
 from weights import from_pretrained, load_model, save_pretrained
 from tokenizer import EOT, Tokenizer, get_tokenizer
@@ -240,8 +245,8 @@ def test_codegen_directory_runs_through_eval_sample_and_filter_embedding(tmp_pat
     problems.write_text(json.dumps({"task_id": "T/0", "prompt": "def f(x):\n    return", "entry_point": "f",
                                     "canonical_solution": " x\n", "test": "def check(f):\n    assert f(1) == 1\n"}))
     out = tmp_path / "samples.jsonl"
-    E.main(["sample", "--ckpt", str(tmp_path / "codegen"), "--problems", str(problems), "--max_new_tokens", "4",
-            "--device", "cpu", "--out", str(out)])
+    E.main(["sample", f"--ckpt={tmp_path / 'codegen'}", f"--problems={problems}",
+            "--max_new_tokens=4", "--device=cpu", f"--out={out}"])
     assert json.loads(out.read_text())["task_id"] == "T/0"
     # the filter's features: CodeGen's final hidden states (after ln_f) mean-pooled over each file's tokens
     texts = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.getcwd())\n"]
@@ -373,36 +378,52 @@ def test_cuda_compiled_model_is_one_graph_through_the_kernel():
     compiled().backward()
     assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())
 
-# ---------------------------------------------------------------------------- python model.py (sampling CLI)
+# ---------------------------------------------------------------------------- python sample.py (sampling CLI)
+
+SAMPLE_PY = Path(__file__).resolve().parent.parent / "sample.py"
 
 
 def test_sampling_cli_reads_any_checkpoint_and_a_prompt_file(tmp_path, capsys):
     from dataclasses import asdict
-    from model import sample_main
     tok = get_tokenizer()
     nano = _trained_ish_model()
     torch.save({"model": nano.state_dict(), "model_args": asdict(nano.config)}, tmp_path / "ckpt.pt")
     codegen = _codegen_tiny(tmp_path / "codegen", 128, 8, 16)
     (tmp_path / "prompt.txt").write_text("def fib(n):\n")
     ids = tok.encode("def fib(n):\n")
-    for ckpt, model in [(tmp_path, nano), (tmp_path / "codegen", load_model(tmp_path / "codegen"))]:
-        sample_main([f"--ckpt={ckpt}", f"--prompt=FILE:{tmp_path / 'prompt.txt'}", "--max_new_tokens=8",
-                     "--temperature=0"])
-        expected = "def fib(n):\n" + tok.decode(model.generate([ids], max_new_tokens=8, temperature=0.0)[0])
-        assert capsys.readouterr().out == expected + "\n"
+    args = [f"--prompt=FILE:{tmp_path / 'prompt.txt'}", "--max_new_tokens=8", "--temperature=0"]
+    greedy = nano.generate([ids], max_new_tokens=8, temperature=0.0)[0]
+    expected = "def fib(n):\n" + tok.decode(greedy)
+    # the command itself, on train.py's checkpoint
+    proc = subprocess.run([sys.executable, str(SAMPLE_PY), f"--ckpt={tmp_path}", *args],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == expected + "\n", proc.stderr
+    # its main(), in this process, on the CodeGen directory
+    sample.main([f"--ckpt={tmp_path / 'codegen'}", *args])
+    model = load_model(tmp_path / "codegen")
+    greedy = model.generate([ids], max_new_tokens=8, temperature=0.0)[0]
+    assert capsys.readouterr().out == "def fib(n):\n" + tok.decode(greedy) + "\n"
     with torch.no_grad():  # the CodeGen sample is CodeGen's own greedy continuation
-        ref = codegen.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                               max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=EOT)[0, len(ids):]
-    sample_main([f"--ckpt={tmp_path / 'codegen'}", "--prompt=def fib(n):\n", "--max_new_tokens=5", "--temperature=0"])
-    assert capsys.readouterr().out.startswith("def fib(n):\n" + tok.decode([t for t in ref.tolist() if t != EOT]))
+        ref = codegen.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False, pad_token_id=0,
+                               attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                               eos_token_id=EOT)[0, len(ids):]
+    sample.main([f"--ckpt={tmp_path / 'codegen'}", "--prompt=def fib(n):\n", "--max_new_tokens=5",
+                 "--temperature=0"])
+    ref_text = tok.decode([t for t in ref.tolist() if t != EOT])
+    assert capsys.readouterr().out.startswith("def fib(n):\n" + ref_text)
 
 
-@pytest.mark.parametrize("flag", ["--temprature=0.8", "--ckpt", "extra"])
-def test_sampling_cli_unknown_flag_is_an_error(flag):
-    import subprocess
-    import sys
-    from pathlib import Path
-    model_py = Path(__file__).resolve().parent.parent / "model.py"
-    proc = subprocess.run([sys.executable, str(model_py), flag], capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith(f"model.py: error: unknown argument {flag!r}")
+@pytest.mark.parametrize("flag,message", [
+    ("--temprature=0.8", "unknown key 'temprature' in the command line; did you mean "
+                         "--temperature?"),
+    ("--ckpt", "expected --key=value, got '--ckpt'"),
+    ("extra", "unexpected argument 'extra'"),
+    ("--ckpt=missing_dir", "missing_dir is neither a train.py checkpoint"),
+    ("--prompt=FILE:missing.txt", "--prompt=FILE:missing.txt: No such file or directory"),
+    ("--top_k=-1", "--top_k >= 0"),
+])
+def test_sampling_cli_bad_input_is_one_line_and_exit_2(tmp_path, flag, message):
+    proc = subprocess.run([sys.executable, str(SAMPLE_PY), flag], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("sample.py: error: ") and message in proc.stderr, proc.stderr

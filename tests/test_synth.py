@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
+import configurator
+import decontaminate
+import dedup
 import synth
+from configurator import UserError
 from fake_openai import FakeOpenAIServer, closed_port_url, interrupt_after
 from files import read_jsonl
 
@@ -104,7 +108,7 @@ def test_dedup_and_diversity():
     records = [{"id": str(i), "text": t} for i, t in enumerate(base)]
     records += [{"id": "exact", "text": "  " + base[5].replace("\n", " \n")},   # whitespace-only difference
                 {"id": "near", "text": near}]
-    kept, rem = synth.dedup(records)
+    kept, rem = dedup.dedup_records(records)
     assert [r["id"] for r in kept] == [str(i) for i in range(20)]
     assert rem["exact"] == 1 and rem["near"] == 1 and rem["pairs"] == [["near", "3"]]
     d = synth.diversity([{"id": "a", "text": "a b c a b c", "constraints": {"topic": "x", "function_name": "f"}},
@@ -123,14 +127,68 @@ def test_cli_dedup_report_preview(tmp_path, capsys):
     assert len(read(tmp_path / "d.dedup.jsonl")) == 2
     synth.main(["report", str(data)])
     assert json.loads(capsys.readouterr().out)["distinct_topics"] == 3
-    synth.main(["preview", "exercises", "--seed=3", "--n=2", "--verify"])
+    synth.main(["preview", "exercises", "--seed=3", "--n=2", "--verify=True"])
     out = capsys.readouterr().out
     assert out.count("=== exercises-s3-") == 2 and "assert statements" in out
     (tmp_path / "bad.jsonl").write_text('{"no_text": 1}\n')
     with pytest.raises(SystemExit) as exit_:
-        synth.main(["report", str(tmp_path / "bad.jsonl")])
+        configurator.cli(synth.main, ["report", str(tmp_path / "bad.jsonl")], prog="synth.py")
     assert exit_.value.code == 2
     assert capsys.readouterr().err == f"synth.py: error: {tmp_path / 'bad.jsonl'}: record 0 has no 'text' field\n"
+
+
+def cli(argv, capsys):
+    """synth.py's command line in this process: (exit status, the lines it printed on stderr)."""
+    with pytest.raises(SystemExit) as exit_:
+        configurator.cli(synth.main, argv, prog="synth.py")
+    return exit_.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_command_line_convention(tmp_path, capsys):
+    """--key=value only, booleans as --key=True, comma lists; every mistake is one line and exit 2,
+    and nothing is written."""
+    out = f"--out={tmp_path / 'ex.jsonl'}"
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "def f():\n    return 1\n"}) + "\n")
+    n = "--n_samples=5"
+    cases = {
+        ("exercises", "--out", str(tmp_path / "ex.jsonl"), n): "expected --key=value, got '--out'",
+        ("exercises", out, "--n_sample=5"): "unknown key 'n_sample' in the command line; did you "
+                                            "mean --n_samples?",
+        ("exercises", out): "give the target size: --n_samples=N or --n_tokens=N (one of them)",
+        ("exercises", out, n, "--n_tokens=9"): "--n_samples=N or --n_tokens=N (one of them)",
+        ("exercises", n): "--out=PATH is required",
+        ("exercises", out, n, "--verify"): "expected --key=value, got '--verify'",
+        ("textbook", out, n, "--verify=True"): "unknown key 'verify'",
+        ("exercises", out, n, "--tau=0.9,high"): "--tau=0.9,high: expected positive thresholds",
+        ("decontaminate", str(data), "--against", "mbpp"): "expected --key=value, got '--against'",
+        ("decontaminate", str(data), "--against=,"): "--against=,: name a benchmark",
+        ("dedup",): "expected one INPUT file, got none",
+        ("preview", "lectures"): "expected one KIND (textbook or exercises), got lectures",
+        ("bench",): "unknown command 'bench'",
+    }
+    for argv, message in cases.items():
+        status, err = cli(list(argv), capsys)
+        assert status == 2 and len(err) == 1 and err[0].startswith("synth.py: error: "), (argv, err)
+        assert message in err[0], (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
+
+
+def test_a_failed_pass_keeps_the_previous_output(tmp_path, capsys):
+    """A record without text half-way through the input: exit 2 naming it, the output file of an
+    earlier run intact, no temporary file left behind."""
+    lines = [json.dumps({"id": str(i), "text": f"def f{i}(x):\n    return x + {i}\n"})
+             for i in range(300)]
+    lines[200] = json.dumps({"id": "200", "body": "no text"})
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    for cmd, name in (("decontaminate", "d.decontaminated.jsonl"), ("dedup", "d.dedup.jsonl")):
+        (tmp_path / name).write_text("an earlier run's output\n")
+        status, err = cli([cmd, str(data), "--workers=1"], capsys)
+        assert status == 2 and err == [f"synth.py: error: {data}: record 200 has no 'text' field"]
+        assert (tmp_path / name).read_text() == "an earlier run's output\n"
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["d.decontaminated.jsonl", "d.dedup.jsonl", "d.jsonl"]
 
 
 # ----------------------------------------------------------------------------- decontamination
@@ -184,22 +242,24 @@ def test_decontaminate_planted_humaneval():
     from eval import load_problems
     he = load_problems("humaneval")
     tids = sorted(he)[:164:16]                         # 11 problems spread over the set
-    bench = synth.load_benchmarks(["humaneval"])
+    bench = decontaminate.load_benchmarks(["humaneval"])
     recs = [{"id": f"planted-{t}", "text": he[t]["prompt"] + he[t]["canonical_solution"]} for t in tids]
     recs += [{"id": f"disguised-{t}", "text": disguise(he[t]["prompt"] + he[t]["canonical_solution"])} for t in tids]
     recs += [{"id": f"unrelated-{i}", "text": t} for i, t in enumerate(UNRELATED)]
-    kept, rep = synth.decontaminate(recs, bench)
+    kept, rep = decontaminate.decontaminate_records(recs, bench)
     assert sorted(r["id"] for r in kept) == [f"unrelated-{i}" for i in range(len(UNRELATED))]
     by_id = {x["id"]: x for x in rep["removed"]}
     for t in tids:
         assert by_id[f"planted-{t}"]["reason"] == "13gram" and by_id[f"planted-{t}"]["task"] == t
     # the disguised copies share no 13-gram with the benchmark any more: the AST match alone catches them
     disguised = [r for r in recs if r["id"].startswith("disguised")]
-    _, rep13 = synth.decontaminate(disguised, bench, tau=1.01)   # tau > 1 switches the AST match off
+    # tau > 1 switches the AST match off
+    _, rep13 = decontaminate.decontaminate_records(disguised, bench, tau=1.01)
     assert rep13["removed_13gram"] <= 2
-    index = synth.Benchmarks(bench)
+    index = decontaminate.Benchmarks(bench)
     for r in disguised:
-        matches = [index.best_match(s, synth.TAU) for s in synth.function_signatures(r["text"])]
+        matches = [index.best_match(s, decontaminate.TAU)
+                   for s in decontaminate.function_signatures(r["text"])]
         assert (1.0, r["id"].removeprefix("disguised-")) in matches
     assert rep["removed_ast"] >= len(tids) - 2
 
@@ -212,8 +272,9 @@ def test_decontaminate_cli_humaneval_and_mbpp(tmp_path):
     recs = [{"id": f"m{p['task_id']}", "text": p["code"]} for p in mbpp[:3]]
     recs += [{"id": f"u{i}", "text": t} for i, t in enumerate(UNRELATED)]
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    out = subprocess.run([sys.executable, "synth.py", "decontaminate", str(data), "--against", "humaneval",
-                          "--against", str(MBPP)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "synth.py", "decontaminate", str(data),
+                          f"--against=humaneval,{MBPP}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     assert "checked 8" in out.stdout and "kept 5" in out.stdout
     kept = read(tmp_path / "data.decontaminated.jsonl")
@@ -254,6 +315,12 @@ def test_thresholds_in_one_pass_equal_separate_runs(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- generation through the fake server
+def generate(kind, out, srv, log=None, **settings):
+    """synth.generate through the fake server, with these settings (quiet unless given a log)."""
+    s = synth.Settings(kind, out, base_url=srv.base_url, model="fake", **settings)
+    return synth.generate(s, log=log or open(os.devnull, "w"))
+
+
 def _gen_cmd(url, out, n, extra=()):
     return [sys.executable, "synth.py", "exercises", f"--out={out}", f"--n_samples={n}", f"--base_url={url}",
             "--concurrency=4", "--timeout=1.0", "--model=fake", *extra]
@@ -264,15 +331,16 @@ def test_generation_faults_kill_and_resume(tmp_path, monkeypatch):
     faults = dict(fault_rate=0.25, faults=("429", "500", "garbage", "slow", "drop"), slow_seconds=1.5)
     # reference: one uninterrupted run, in-process
     with FakeOpenAIServer(fake_reply, seed=1, **faults) as srv:
-        rep = synth.generate("exercises", tmp_path / "ref" / "ex.jsonl", n_samples=n, base_url=srv.base_url,
-                             model="fake", concurrency=4, timeout=1.0, against=(), log=open(os.devnull, "w"))
+        rep = generate("exercises", tmp_path / "ref" / "ex.jsonl", srv, n_samples=n, concurrency=4,
+                       timeout=1.0, against=())
         assert sum(srv.fault_counts.values()) > 5
     assert rep["generation"]["kept"] == n and rep["generation"]["rejected"]
     # the same run killed midway (SIGKILL, so nothing gets to clean up), then resumed
     out = tmp_path / "run" / "ex.jsonl"
     raw = out.with_suffix(".raw.jsonl")
     with FakeOpenAIServer(fake_reply, seed=2, **faults) as srv:
-        proc = subprocess.Popen(_gen_cmd(srv.base_url, out, n, ["--no_decontaminate"]), cwd=REPO,
+        proc = subprocess.Popen(_gen_cmd(srv.base_url, out, n, ["--no_decontaminate=True"]),
+                                cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 60
         while time.time() < deadline and (not raw.exists() or raw.read_text().count("\n") < n // 3):
@@ -289,8 +357,8 @@ def test_generation_faults_kill_and_resume(tmp_path, monkeypatch):
         monkeypatch.setattr(synth.json, "loads",
                             lambda s, *a, **k: decoded.append(len(srv.requests)) or loads(s, *a, **k))
         log = io.StringIO()
-        synth.generate("exercises", out, n_samples=n, base_url=srv.base_url, model="fake", concurrency=4,
-                       timeout=1.0, against=(), workers=2, log=log)
+        generate("exercises", out, srv, n_samples=n, concurrency=4, timeout=1.0, against=(),
+                 workers=2, log=log)
         assert sum(r == 0 for r in decoded) <= 1 and len(decoded) > n   # (the final pass decodes every record)
         assert f"resuming with {len(partial)} records" in log.getvalue() and "ETA" in log.getvalue()
     ref, got = read(tmp_path / "ref" / "ex.jsonl"), read(out)
@@ -311,8 +379,8 @@ def test_generation_faults_kill_and_resume(tmp_path, monkeypatch):
 def test_verify_drops_wrong_solutions(tmp_path):
     out = tmp_path / "ex.jsonl"
     with FakeOpenAIServer(fake_reply) as srv:
-        rep = synth.generate("exercises", out, n_samples=12, base_url=srv.base_url, model="fake", concurrency=2,
-                             verify=True, against=("humaneval",), log=open(os.devnull, "w"))
+        rep = generate("exercises", out, srv, n_samples=12, concurrency=2, verify=True,
+                       against=("humaneval",))
         assert all("assert" in b["messages"][-1]["content"] for b in srv.requests)
     rejected = read(out.with_suffix(".rejected.jsonl"))
     n_failed = sum(r["reason"] == "failed_tests" for r in rejected)
@@ -330,19 +398,17 @@ def test_verify_drops_wrong_solutions(tmp_path):
 def test_resume_refuses_another_seed(tmp_path):
     out = tmp_path / "ex.jsonl"
     with FakeOpenAIServer(fake_reply) as srv:
-        synth.generate("exercises", out, n_samples=2, base_url=srv.base_url, model="fake", against=(),
-                       log=open(os.devnull, "w"))
-        with pytest.raises(SystemExit, match="records of seed 0; resume with the same kind and --seed"):
-            synth.generate("exercises", out, n_samples=4, seed=1, base_url=srv.base_url, model="fake", against=(),
-                           log=open(os.devnull, "w"))
+        generate("exercises", out, srv, n_samples=2, against=())
+        refused = "records of seed 0; resume with the same kind and --seed"
+        with pytest.raises(UserError, match=refused):
+            generate("exercises", out, srv, n_samples=4, seed=1, against=())
 
 
 def test_textbook_token_target(tmp_path):
     from tokenizer import get_tokenizer
     out = tmp_path / "tb.jsonl"
     with FakeOpenAIServer(fake_reply) as srv:
-        rep = synth.generate("textbook", out, n_tokens=1500, base_url=srv.base_url, model="fake", concurrency=4,
-                             against=("humaneval",), log=open(os.devnull, "w"))
+        rep = generate("textbook", out, srv, n_tokens=1500, concurrency=4, against=("humaneval",))
     raw = read(out.with_suffix(".raw.jsonl"))
     tok = get_tokenizer()
     total = sum(len(tok.encode(r["text"])) for r in raw)
@@ -363,7 +429,8 @@ def test_dry_run_prints_the_plan_only(tmp_path, capsys):
     assert f"at most {500 * synth.MAX_TOKENS['exercises']:,} completion tokens" in plan[0]
     assert list(tmp_path.iterdir()) == []                          # nothing sent, nothing written
     with pytest.raises(SystemExit) as exit_:
-        synth.main(["exercises", f"--out={out}", "--n_samples=5", "--dry_run=maybe"])
+        configurator.cli(synth.main, ["exercises", f"--out={out}", "--n_samples=5",
+                                      "--dry_run=maybe"])
     assert exit_.value.code == 2
 
 
@@ -381,8 +448,8 @@ def test_requests_stay_in_flight(tmp_path):
         return fake_reply(messages, body)
 
     with FakeOpenAIServer(reply) as srv:
-        rep = synth.generate("textbook", tmp_path / "tb.jsonl", n_tokens=3000, base_url=srv.base_url, model="fake",
-                             concurrency=2, against=(), log=open(os.devnull, "w"))
+        rep = generate("textbook", tmp_path / "tb.jsonl", srv, n_tokens=3000, concurrency=2,
+                       against=())
     s0, s1 = times[slow_seed]
     during = [seed for seed, (a, b) in times.items() if seed != slow_seed and a > s0 and b < s1]
     assert len(during) > 4 * 2, len(during)   # more than a whole old round went by while it was outstanding
@@ -396,7 +463,8 @@ def test_real_llama_server_end_to_end(tmp_path):
     decontaminated. The 135M model of serve_llm.sh rarely writes a valid exercise, so the test accepts rejections
     but checks that every request is accounted for; a low temperature gives it its best chance."""
     url, model = os.environ["PHI1_LLAMA_URL"], os.environ.get("PHI1_LLAMA_MODEL", "smollm2")   # serve_llm.sh's alias
-    for name, kind, extra in (("tb", "textbook", []), ("ex", "exercises", []), ("exv", "exercises", ["--verify"])):
+    for name, kind, extra in (("tb", "textbook", []), ("ex", "exercises", []),
+                              ("exv", "exercises", ["--verify=True"])):
         out = tmp_path / f"{name}.jsonl"
         cmd = [sys.executable, "synth.py", kind, f"--out={out}", "--n_samples=2", f"--base_url={url}",
                f"--model={model}", "--concurrency=2", "--max_tokens=384", "--temperature=0.3", "--timeout=300",
@@ -442,3 +510,4 @@ def test_ctrl_c_against_a_slow_server_stops_at_once(tmp_path):
     assert seconds < 2.0, f"Ctrl-C took {seconds:.1f} s"
     assert proc.returncode == 130 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("synth.py: interrupted") and "resume" in stderr
+    assert str(tmp_path / "ex.raw.jsonl") in stderr.strip().splitlines()[-1]   # where they are kept

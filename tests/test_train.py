@@ -1,10 +1,12 @@
-"""Tests for train.py on CPU: config parsing, data cache, weighted mixtures, loss falling, exact resume after SIGKILL,
-DDP (gloo) equal to gradient accumulation, bench mode, small corpora, and one-line errors on bad input and on the
-faults a user meets (a bad checkpoint, a full disk or Ctrl-C during a save, two runs on one out_dir). Runs train.py
-in subprocesses with the "nano" preset on a ~100 kB corpus copied from the standard library."""
+"""Tests for train.py and checkpoint.py on CPU: config parsing, data cache, weighted mixtures, loss falling, exact
+resume after SIGKILL and after Ctrl-C (also under DDP), DDP (gloo) equal to gradient accumulation, the training
+benchmark, small corpora, and one-line errors on bad input and on the faults a user meets (a bad checkpoint, a full
+disk or Ctrl-C during a save, two runs on one out_dir, a fresh run over a finished one). Runs train.py in
+subprocesses with the "nano" preset on a ~100 kB corpus copied from the standard library."""
 import json
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -18,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
+import data
 import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +77,7 @@ def test_config_types_unknown_keys_recipes_and_files(tmp_path):
     assert (c["max_iters"], c["learning_rate"], c["compile"], c["data"]) == (7, 2e-4, True, "a,b")
     with pytest.raises(train.UserError, match="expected int"):
         train.parse_config(["--max_iters=ten"], DEFAULTS)
-    with pytest.raises(train.UserError, match="did you mean learning_rate"):
+    with pytest.raises(train.UserError, match="did you mean --learning_rate"):
         train.parse_config(["--learning_rat=1"], DEFAULTS)
     with pytest.raises(train.UserError, match="lr_schedule"):
         train.parse_config(["--lr_schedule=step"], DEFAULTS)
@@ -102,10 +106,13 @@ def test_config_types_unknown_keys_recipes_and_files(tmp_path):
 
 
 def test_lr_schedule():
-    lr = lambda step, kind="linear": train.get_lr(step, 1e-3, 10, 110, 0.0, kind)
+    # warmup over steps 1..10, decay over steps 11..109 (the last step), reaching 0 just after it
+    lr = lambda step, kind="linear": train.get_lr(step, 1e-3, 10, 109, 0.0, kind)
     assert lr(1) == pytest.approx(1e-4) and lr(10) == pytest.approx(1e-3)
     assert lr(60) == pytest.approx(5e-4) and lr(110) == 0.0 and lr(500) == 0.0
     assert lr(60, "cosine") == pytest.approx(5e-4) and lr(35, "cosine") > lr(35)
+    # the last step still learns: not a wasted step at learning rate 0
+    assert lr(109) == pytest.approx(1e-5) and lr(109, "cosine") > 0
 
 
 def test_batches_are_deterministic_and_documents_split_at_eot():
@@ -121,21 +128,21 @@ def test_batches_are_deterministic_and_documents_split_at_eot():
 
 
 def test_mixture_weights_and_draws():
-    assert train.parse_sources("a.jsonl:0.7, b/:0.3") == (["a.jsonl", "b/"], [0.7, 0.3])
-    assert train.parse_sources("a,stdlib") == (["a", "stdlib"], None)
-    assert train.parse_sources("dir:with:colons") == (["dir:with:colons"], None)
+    assert data.parse_sources("a.jsonl:0.7, b/:0.3") == (["a.jsonl", "b/"], [0.7, 0.3])
+    assert data.parse_sources("a,stdlib") == (["a", "stdlib"], None)
+    assert data.parse_sources("dir:with:colons") == (["dir:with:colons"], None)
     for bad, msg in (("a:0.5,b", "every source a weight, or none"), ("a:0", "positive"), ("a,a", "twice"), (",", "no")):
         with pytest.raises(train.UserError, match=msg):
-            train.parse_sources(bad)
+            data.parse_sources(bad)
     # the fraction of sequences from each source matches the weights within sampling error
     lengths, probs, block = [10_000, 50_000, 3_000], np.array([0.6, 0.3, 0.1]), 16
-    which = np.concatenate([train.draw(lengths, probs, 64, block, 7, 0, step, 0)[0] for step in range(500)])
+    which = np.concatenate([data.draw(lengths, probs, 64, block, 7, 0, step, 0)[0] for step in range(500)])
     frac, n = np.bincount(which, minlength=3) / len(which), len(which)
     assert np.all(np.abs(frac - probs) < 4 * np.sqrt(probs * (1 - probs) / n)), frac
     # every window lies inside its own source
     streams = [np.full(n, k, np.uint16) for k, n in enumerate(lengths)]
     x, y = train.get_batch(streams, probs, 256, block, 7, 0, 1, 0)
-    which, _ = train.draw(lengths, probs, 256, block, 7, 0, 1, 0)
+    which, _ = data.draw(lengths, probs, 256, block, 7, 0, 1, 0)
     assert (x == torch.from_numpy(which)[:, None]).all() and (y == x).all()
 
 
@@ -206,8 +213,10 @@ def test_ddp_two_processes_equal_one_with_twice_the_accumulation(corpus, textboo
     assert read_log(tmp_path / "ddp")[-1]["tokens_seen"] == read_log(tmp_path / "single")[-1]["tokens_seen"]
 
 
-def test_bench_mode_runs_on_cpu(tmp_path):
-    r = ok(run(["--bench=True", "--model=nano", "--block_size=32", "--batch_size=2", "--bench_steps=2"], tmp_path))
+def test_bench_train_runs_on_cpu(tmp_path):
+    r = ok(subprocess.run([sys.executable, str(REPO / "bench.py"), "train", "--model=nano", "--block_size=32",
+                           "--batch_size=2", "--bench_steps=2"], cwd=tmp_path, env=ENV, capture_output=True,
+                          text=True, timeout=240))
     assert "tokens/s" in r.stdout and "MFU n/a" in r.stdout
 
 
@@ -221,18 +230,18 @@ def test_bad_input_is_one_clear_line(case, tmp_path):
     (tmp_path / "empty.py").write_text("")
     (tmp_path / "latin1.py").write_bytes("s = 'café'\n".encode("latin-1"))
     r = run([*args, f"--cache_dir={tmp_path / 'cache'}"], tmp_path, timeout=60)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr  # bad input, a missing data source included
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train.py: error:"), r.stderr
     expected = {"missing": "not found: /no/such/dir", "empty": "nothing to train on", "not_utf8": "non-UTF-8 file: 1",
-                "bad_type": "expected int", "unknown_key": "did you mean batch_size"}[case]
+                "bad_type": "expected int", "unknown_key": "did you mean --batch_size"}[case]
     assert expected in lines[0]
 
 
 def test_resume_drops_log_lines_after_the_checkpoint(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text('{"step": 0, "val_loss": 9}\n{"step": 1, "loss": 8}\n{"step": 2, "loss": 7}\n{"step": 3, "lo')
-    train.truncate_log(log, 1)  # resuming from the step-1 checkpoint; step 3's line was cut short by the kill
+    checkpoint.truncate_log(log, 1)  # resuming from the step-1 checkpoint; step 3's line was cut short by the kill
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0, 1]
 
 
@@ -261,6 +270,9 @@ def test_help_prints_each_key_with_its_comment(capsys):
     out = capsys.readouterr().out
     assert re.search(r"--warmup_iters=15 +linear warmup from 0 to learning_rate", out)
     assert re.search(r"--prepare_only=False +only tokenize", out)
+    # a comment continued on the next line is printed whole
+    assert re.search(r"--deterministic=False +bitwise-reproducible GPU steps .*the attention kernel's "
+                     r"deterministic backward and torch's deterministic algorithms, somewhat slower", out)
 
 
 def test_prepare_only_builds_the_cache_and_resume_checks_the_checkpoint_first(corpus, tmp_path):
@@ -282,10 +294,10 @@ def test_a_bad_checkpoint_is_one_line_naming_it(corpus, tmp_path):
     for damaged in (whole[: len(whole) // 2], b"", os.urandom(1000)):  # cut short by a kill, empty, garbage
         ckpt.write_bytes(damaged)
         with pytest.raises(train.UserError, match=f"{re.escape(str(ckpt))} is not a readable checkpoint .*delete it"):
-            train.load_checkpoint(ckpt)
+            checkpoint.load(ckpt)
     ckpt.write_bytes(whole)  # readable, but not a resume checkpoint (weights only)
     with pytest.raises(train.UserError, match="not a train.py resume checkpoint .*lacks data, model_args"):
-        train.load_checkpoint(ckpt)
+        checkpoint.load(ckpt)
     # on the command line: one line, and before any tokenizing
     ckpt.write_bytes(whole[:100])
     r = run([*NANO, f"--data={corpus}", "--init_from=resume", "--cache_dir=fresh"], tmp_path, timeout=60)
@@ -297,22 +309,38 @@ def test_a_bad_checkpoint_is_one_line_naming_it(corpus, tmp_path):
 
 def run_patched(patch, args, cwd):
     """train.py's command line in a process where `patch` (Python code) has replaced something first."""
-    script = f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport train, torch\n{patch}\ntrain.cli({args!r})\n"
+    script = (f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport configurator, train, torch\n{patch}\n"
+              f"configurator.cli(train.main, {args!r}, prog='train.py')\n")
     return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=ENV, capture_output=True, text=True,
                           timeout=240)
 
 
-@pytest.mark.parametrize("fault", ["full_disk", "ctrl_c"])
+@pytest.mark.parametrize("fault", ["full_disk", "full_disk_inside_torch", "ctrl_c"])
 def test_a_failed_checkpoint_save_is_one_line_and_leaves_no_debris(fault, corpus, tmp_path):
-    # the second save (step 2) writes a few bytes, then the disk is full or the user presses Ctrl-C
-    error = "OSError(28, 'No space left on device')" if fault == "full_disk" else "KeyboardInterrupt"
+    # the second save (step 2) writes a few bytes, then the disk is full (found by our write, or by torch's writer,
+    # which reports it as a RuntimeError "enforce fail at inline_container.cc") or the user presses Ctrl-C twice
+    action = {"full_disk": "raise OSError(28, 'No space left on device')",
+              "full_disk_inside_torch": "return real_save(obj, Full(f))",
+              "ctrl_c": "os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2); os.kill(os.getpid(), signal.SIGINT); "
+                        "time.sleep(5)"}[fault]
     patch = f"""
+import os, signal, time
 real_save, calls = torch.save, []
+class Full:
+    def __init__(self, f):
+        self.f, self.written = f, 0
+    def write(self, b):
+        self.written += len(b)
+        if self.written > 1000:
+            raise OSError(28, 'No space left on device')
+        return self.f.write(b)
+    def flush(self):
+        self.f.flush()
 def save(obj, f):
     calls.append(1)
     if len(calls) == 2:
         f.write(b"partial")
-        raise {error}
+        {action}
     real_save(obj, f)
 torch.save = save
 """
@@ -320,18 +348,41 @@ torch.save = save
                             "--out_dir=out"], tmp_path)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    if fault == "full_disk":
+    if fault.startswith("full_disk"):
         assert r.returncode == 1 and "cannot write out/ckpt.pt: No space left on device" in lines[0]
     else:
-        assert r.returncode == 130 and lines[0] == "train.py: interrupted; nothing half-written was kept"
+        assert r.returncode == 130
+        assert lines[0] == "train.py: interrupted; the last checkpoint written whole, out/ckpt.pt, is kept"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ckpt.pt", "lock", "log.jsonl"]
     assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["step"] == 1  # the previous one survives
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_file_system_is_one_line_and_keeps_the_previous_checkpoint(corpus, tmp_path):
+    """A real full disk: out_dir on a tmpfs with room for one checkpoint and a half, so that the second save finds
+    it full (torch's writer meets ENOSPC and raises RuntimeError, not OSError)."""
+    args = [*NANO, f"--data={corpus}", "--max_iters=2", "--ckpt_interval=1", "--eval_interval=2", "--out_dir=out"]
+    ok(run([*args[:-1], "--max_iters=1", "--out_dir=probe"], tmp_path))
+    size = (tmp_path / "probe" / "ckpt.pt").stat().st_size
+    out = tmp_path / "out"
+    out.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2}", "tmpfs", str(out)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        r = run(args, tmp_path)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "cannot write out/ckpt.pt: No space left on device" in lines[0]
+        assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "lock", "log.jsonl"]
+        assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 1
+    finally:
+        subprocess.run(["umount", str(out)])
 
 
 def test_a_second_run_on_one_out_dir_is_refused_but_not_by_a_dead_one(corpus, tmp_path):
     # the first run: a process holding out_dir's lock exactly as train.py does, until it is killed
     holder = subprocess.Popen([sys.executable, "-c", f"import sys, time\nsys.path.insert(0, {str(REPO)!r})\n"
-                               "import train\nlock = train.lock_out_dir(train.Path('out'))\nprint('locked', "
+                               "import checkpoint, pathlib\nlock = checkpoint.lock_out_dir(pathlib.Path('out'))\nprint('locked', "
                                "flush=True)\ntime.sleep(600)\n"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                               text=True)
     try:
@@ -343,7 +394,7 @@ def test_a_second_run_on_one_out_dir_is_refused_but_not_by_a_dead_one(corpus, tm
         holder.kill()
         holder.wait()
     (tmp_path / "out" / "ckpt.pt.tmp").write_bytes(b"cut short by a SIGKILL")
-    train.lock_out_dir(tmp_path / "out").close()  # the dead run's lock file does not block; its debris is removed
+    checkpoint.lock_out_dir(tmp_path / "out").close()  # the dead run's lock file does not block; its debris is removed
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["lock"]
 
 
@@ -379,3 +430,173 @@ def test_deterministic_mode_runs_and_changes_nothing_on_cpu(corpus, tmp_path):
                 f"--out_dir={out}"], tmp_path))
         losses.append([r.get("loss") for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())])
     assert losses[0] == losses[1] and len(losses[0]) == 4
+
+
+# ---------------------------------------------------------------------------- one run per out_dir, Ctrl-C
+
+def test_a_fresh_run_over_a_finished_one_is_refused_unless_overwrite(corpus, tmp_path):
+    args = [*NANO, f"--data={corpus}", "--out_dir=out", "--max_iters=2", "--eval_interval=2", "--keep_ckpts=all"]
+    ok(run(args, tmp_path))
+    out = tmp_path / "out"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    r = run([*args, "--cache_dir=fresh"], tmp_path, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert all(choice in lines[0] for choice in ("--init_from=resume", "--out_dir", "--overwrite=True")), lines[0]
+    assert "tokenizing" not in r.stdout and not (tmp_path / "fresh").exists()
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before  # as it was
+    # --overwrite=True replaces the old run: its checkpoints (the kept ones too) and its log go
+    r = ok(run([*NANO, f"--data={corpus}", "--out_dir=out", "--max_iters=1", "--overwrite=True"], tmp_path))
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "lock", "log.jsonl"]
+    assert [e["step"] for e in read_log(out)] == [0, 1]
+
+
+def start_run(args, cwd, **env):
+    """train.py in its own process group (as a terminal runs it), its output collected."""
+    return subprocess.Popen([sys.executable, TRAIN, *args], cwd=cwd, env={**ENV, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_steps(out_dir, n, proc, timeout=180):
+    """Wait until out_dir/log.jsonl holds n lines (step 0's evaluation and steps 1..n-1)."""
+    log_file, deadline = Path(out_dir) / "log.jsonl", time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if log_file.exists() and len(log_file.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run did not reach {n} log lines: {proc.poll()}")
+
+
+STRIP = lambda log: [(e["step"], e.get("loss"), e.get("val_loss"), e.get("tokens_seen")) for e in log]  # noqa: E731
+
+
+def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_continues_exactly(corpus, textbooks, tmp_path):
+    # a mixture and dropout (the RNG states must resume too); the schedule is the same up to step 12 however long
+    common = [*NANO, f"--data={corpus}:0.7,{textbooks}:0.3", "--batch_size=8", "--eval_interval=4",
+              "--lr_decay_iters=12", "--warmup_iters=3", "--dropout=0.1", "--learning_rate=3e-3"]
+    ok(run([*common, "--out_dir=full", "--max_iters=12"], tmp_path))
+    proc = start_run([*common, "--out_dir=stopped", "--max_iters=100000"], tmp_path)
+    wait_for_steps(tmp_path / "stopped", 6, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    _, err = proc.communicate(timeout=60)
+    step = torch.load(tmp_path / "stopped" / "ckpt.pt", weights_only=True)["step"]
+    assert proc.returncode == 130 and err.strip().splitlines() == [
+        f"train.py: interrupted; checkpoint of step {step} written to stopped/ckpt.pt: continue with "
+        "--init_from=resume"], err
+    assert 5 <= step < 12 and read_log(tmp_path / "stopped")[-1]["step"] == step  # the step it was in, finished
+    ok(run([*common, "--out_dir=stopped", "--max_iters=12", "--init_from=resume"], tmp_path))
+    assert STRIP(read_log(tmp_path / "stopped")) == STRIP(read_log(tmp_path / "full"))  # bit-identical
+
+
+def test_a_second_ctrl_c_stops_at_once_keeping_the_last_checkpoint(corpus, tmp_path):
+    # steps of 3 s (a slow gradient clipping), a checkpoint after each; the second Ctrl-C lands inside a step
+    script = (f"import sys, time\nsys.path.insert(0, {str(REPO)!r})\nimport configurator, torch, train\n"
+              "real = torch.nn.utils.clip_grad_norm_\n"
+              "torch.nn.utils.clip_grad_norm_ = lambda *a, **k: (time.sleep(3), real(*a, **k))[1]\n"
+              f"configurator.cli(train.main, {[*NANO, f'--data={corpus}', '--ckpt_interval=1', '--out_dir=out']!r}, "
+              "prog='train.py')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_steps(tmp_path / "out", 3, proc)
+    time.sleep(1.0)  # step 2's checkpoint is written by now: the next step sleeps
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    t0 = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - t0 < 2.5 and proc.returncode == 130  # before the step's 3 s are over
+    step = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["step"]
+    assert err.strip().splitlines() == ["train.py: interrupted; the last checkpoint written whole, out/ckpt.pt, "
+                                        "is kept"], err
+    assert read_log(tmp_path / "out")[-1]["step"] == step and step >= 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ckpt.pt", "lock", "log.jsonl"]
+
+
+def rank_pids(marker, rank):
+    """The pids of torchrun's workers of one rank, found by a marker in their environment."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            env = environ.read_bytes()
+        except OSError:
+            continue
+        if f"PHI1_TEST={marker}".encode() in env and f"\0RANK={rank}\0".encode() in env:
+            pids.append(int(environ.parent.name))
+    return pids
+
+
+def test_ctrl_c_under_ddp_stops_every_rank_after_the_same_step(corpus, tmp_path):
+    """Ctrl-C reaching one rank only (rank 1) stops both after the same step: the stop flag travels with the
+    loss's all-reduce; rank 0 writes the checkpoint of that step and the resumed run repeats the full one."""
+    common = [*NANO, f"--data={corpus}", "--eval_interval=4", "--lr_decay_iters=9", "--warmup_iters=2",
+              "--dropout=0.1"]
+    ok(run([*common, "--out_dir=full", "--max_iters=9"], tmp_path, torchrun=True))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", TRAIN]
+    proc = subprocess.Popen([*launcher, *common, "--out_dir=stopped", "--max_iters=100000"], cwd=tmp_path,
+                            env={**ENV, "PHI1_TEST": str(tmp_path)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_steps(tmp_path / "stopped", 4, proc)
+        for pid in rank_pids(tmp_path, 1):
+            os.kill(pid, signal.SIGINT)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    step = torch.load(tmp_path / "stopped" / "ckpt.pt", weights_only=True)["step"]
+    assert 3 <= step < 9 and read_log(tmp_path / "stopped")[-1]["step"] == step
+    ok(run([*common, "--out_dir=stopped", "--max_iters=9", "--init_from=resume"], tmp_path, torchrun=True))
+    assert STRIP(read_log(tmp_path / "stopped")) == STRIP(read_log(tmp_path / "full"))
+
+
+def test_ctrl_c_during_slow_saves_ends_in_one_line_every_time(corpus, tmp_path):
+    """Ctrl-C once or twice at random moments of a run that mostly saves checkpoints (a slowed writer): every
+    time it ends within seconds, in one line, exit 130, with an intact checkpoint of the step it names."""
+    ok(run([f"--data={corpus}", "--prepare_only=True", "--cache_dir=cache"], tmp_path))
+    rng = random.Random(1)
+    script = (f"import sys, time\nsys.path.insert(0, {str(REPO)!r})\nimport configurator, torch, train\n"
+              "real = torch.save\n"
+              "class Slow:\n"
+              "    def __init__(self, f): self.f = f\n"
+              "    def write(self, b): time.sleep(0.01); return self.f.write(b)\n"
+              "    def flush(self): self.f.flush()\n"
+              "torch.save = lambda obj, f: real(obj, Slow(f))\n"
+              "configurator.cli(train.main, sys.argv[1:], prog='train.py')\n")
+    for attempt in range(10):
+        out = tmp_path / f"out{attempt}"
+        proc = subprocess.Popen([sys.executable, "-c", script, *NANO, f"--data={corpus}", "--cache_dir=cache",
+                                 "--ckpt_interval=1", f"--out_dir={out.name}"], cwd=tmp_path, env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        wait_for_steps(out, 2, proc)
+        time.sleep(rng.uniform(0, 1.5))
+        os.killpg(proc.pid, signal.SIGINT)
+        twice = rng.random() < 0.5
+        if twice:
+            time.sleep(rng.uniform(0.05, 0.5))
+            os.killpg(proc.pid, signal.SIGINT)
+        t0 = time.time()
+        _, err = proc.communicate(timeout=60)
+        lines = err.strip().splitlines()
+        assert time.time() - t0 < 10 and proc.returncode == 130 and len(lines) == 1, (attempt, err)
+        step = torch.load(out / "ckpt.pt", weights_only=True)["step"]  # whole, never cut short
+        assert lines[0] in (f"train.py: interrupted; checkpoint of step {step} written to {out.name}/ckpt.pt: "
+                            "continue with --init_from=resume",
+                            f"train.py: interrupted; the last checkpoint written whole, {out.name}/ckpt.pt, "
+                            "is kept"), (attempt, twice, err)
+        assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "lock", "log.jsonl"]
+
+
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="needs a virtualenv to reach through a path with a space")
+def test_compile_on_a_cpu_under_a_path_with_a_space_is_one_line(corpus, tmp_path):
+    """torch's CPU compiler splits its command line at spaces, so a virtualenv under a path with a space cannot
+    link compiled code: --compile=True says so in one line, before any work (and works without the space)."""
+    spaced = tmp_path / "with space"
+    spaced.mkdir()
+    (spaced / "venv").symlink_to(sys.prefix)
+    python = spaced / "venv" / "bin" / Path(sys.executable).name
+    r = subprocess.run([str(python), TRAIN, *NANO, f"--data={corpus}", "--compile=True", "--device=cpu",
+                        "--cache_dir=cache"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith(f"train.py: error: compile=True on a CPU cannot link from {spaced}/venv/")
+    assert "--compile=False" in lines[0] and not (tmp_path / "cache").exists()
