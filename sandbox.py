@@ -15,11 +15,11 @@ them, of exactly those types). So the program cannot reach the tests, the compar
 nor return an object that compares equal to anything. Nor does it find them in its memory: no
 process it descends from ever held a test, an expected value or a verdict. The harness starts a
 zygote by exec (nothing of the harness's memory carries over) and hands it, per job, only the limits
-and two file descriptors it never reads: the program's code, which the program reads itself after
-the fork, and the tests, which go on to the judge; the judge sends its verdict straight back to the
-harness. The kernel contains the rest: no network, a filesystem of only the system and Python (no
-home, no checkout, no benchmark data), its own uid, pid and IPC namespaces, rlimits, a wall-clock
-limit per job.
+and three file descriptors it never reads: the program's code, which the program reads itself after
+the fork; the tests, which go on to the judge; a pipe on which the judge sends its verdict straight
+back to the harness. The kernel contains the rest: no network, a filesystem of only the system and
+Python (no home, no checkout, no benchmark data), its own uid, pid and IPC namespaces, rlimits, a
+wall-clock limit per job.
 
 What it does not cover. Memory is bounded per process, not as a whole (no cgroup); world-readable
 files of the system and of Python stay readable; the judge decodes the program's replies with
@@ -153,8 +153,8 @@ def run_programs(programs, timeout=TIMEOUT, workers=None, tests=None, entry_poin
 
 class Sandbox:
     """One zygote process, seen from the harness: a socket to it, over which each job goes as its
-    limits and two file descriptors (the program's code, the judge's tests) and comes back as how
-    the program ended."""
+    limits and three file descriptors (the program's code, the judge's tests, the pipe for the
+    judge's verdict) and comes back as how the program ended."""
 
     def __init__(self):
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -175,8 +175,8 @@ class Sandbox:
 
     def run(self, job):
         """One job's result, or None when the zygote died."""
-        code = _memfd(marshal.dumps(job["code"]))
-        tests = _memfd(marshal.dumps({k: job.get(k) for k in ("tests", "trusted", "entry")}))
+        code = _memfd(job["code"])
+        tests = _memfd({k: job.get(k) for k in ("tests", "trusted", "entry")})
         verdict_r, verdict_w = os.pipe()
         try:
             socket.send_fds(self.control, [b"J"], [code, tests, verdict_w])
@@ -213,8 +213,8 @@ def _result(timeout, verdict, timed_out, judge, status, tail, seconds):
     if judge != "ended":
         what = "the judge died"
     elif code < 0:
-        why = {signal.SIGXCPU: " (CPU time limit)", signal.SIGXFSZ: " (file size limit)"}.get(-code,
-                                                                                               "")
+        limit = {signal.SIGXCPU: " (CPU time limit)", signal.SIGXFSZ: " (file size limit)"}
+        why = limit.get(-code, "")
         what = f"killed by {signal.Signals(-code).name}{why}"
     else:
         what = f"exited with status {code} before the tests finished"
@@ -293,18 +293,18 @@ def _read_exactly(fd, size, read, len=len, min=min):
     return b"".join(chunks)
 
 
-def _memfd(data):
-    """An anonymous in-memory file holding data, read from its start by whoever receives the
-    descriptor."""
+def _memfd(value):
+    """An anonymous in-memory file holding value (marshalled): only who gets the descriptor reads
+    it."""
     fd = os.memfd_create("sandbox-job")
     with open(fd, "wb", closefd=False) as f:
-        f.write(data)
+        f.write(marshal.dumps(value))
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
 
 def _load_memfd(fd):
-    """What _memfd put into the file; the descriptor is closed."""
+    """The value _memfd put into the file; the descriptor is closed."""
     with open(fd, "rb") as f:
         return marshal.loads(f.read())
 
@@ -659,7 +659,8 @@ def _program_setup(uid, root, limits, code, workdir, requests_r, replies_w, outp
         os.umask(0o077)
         _limits(limits["timeout"], limits["memory_mb"])
         _drop(uid, root)
-        # after the uid change, which clears the first; the zygote is not dumpable; the program is
+        # both after the uid change, which clears the first; the zygote is not dumpable, the program
+        # is (its memory holds nothing of the tests: let it read it)
         _libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         _libc_call("prctl", PR_SET_DUMPABLE, 1, 0, 0, 0)
         os.environ.clear()

@@ -23,6 +23,7 @@ import dataclasses
 import math
 import os
 import sysconfig
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -37,7 +38,7 @@ import checkpoint
 import configurator
 from configurator import UserError
 from data import draw, load_mixture, parse_sources, prepare_all, tokens_drawn
-from eval import EvalError, benchmark_loss, load_problems
+from eval import benchmark_loss, load_problems
 from files import append_jsonl, fmt_time
 from model import PRESETS, Phi, PhiConfig
 from tokenizer import EOT, get_tokenizer
@@ -140,7 +141,7 @@ def main(argv):
     out = Path(out_dir)
     if init_from != "resume":
         checkpoint.check_fresh(out, overwrite)
-    lock = checkpoint.lock_out_dir(out) if proc.master else None  # held until this process exits
+    proc.lock = checkpoint.lock_out_dir(out) if proc.master else None  # held while main() runs
     ckpt = checkpoint.load(out / "ckpt.pt") if init_from == "resume" else None
 
     # ---- data (before the process group starts: tokenizer workers never fork a process with NCCL)
@@ -253,6 +254,8 @@ def main(argv):
                     checkpoint.save(weights, out / f"ckpt_{step:06d}.pt")
             ctrl_c.saved(out / "ckpt.pt")
         if stop:
+            if proc.ddp:
+                dist.barrier()  # no process exits (torchrun would stop the others) before the save
             raise KeyboardInterrupt(f"checkpoint of step {step} written to {out / 'ckpt.pt'}: "
                                     "continue with --init_from=resume")
         if step == start + 2:
@@ -271,8 +274,6 @@ def main(argv):
             print_sample(net, cfg, proc)
     if proc.ddp:
         dist.destroy_process_group()
-    if lock:
-        lock.close()
 
 
 # -----------------------------------------------------------------------------
@@ -285,11 +286,8 @@ def parse_config(argv, defaults):
     from_files = {}
     for path in files:
         from_files.update(configurator.read_config_file(path, options))
-    config = dict(defaults)
-    name = flags.get("recipe", from_files.get("recipe", defaults["recipe"]))
-    config.update(RECIPES.get(name, {}))
-    config.update(from_files)
-    config.update(flags)
+    recipe_name = flags.get("recipe", from_files.get("recipe", defaults["recipe"]))
+    config = {**defaults, **RECIPES.get(recipe_name, {}), **from_files, **flags}
     for key, allowed in CHOICES.items():
         if config[key] not in allowed:
             raise UserError(f"{key}={config[key]!r}: choose one of {', '.join(map(repr, allowed))}")
@@ -315,9 +313,9 @@ def get_lr(step, max_lr, warmup, decay_end, final_lr, schedule):
     """Learning rate of step `step` (1-based): linear warmup, then linear (or cosine) decay."""
     if step <= warmup:
         return max_lr * step / warmup
-    if step >= decay_end:
+    if step > decay_end:
         return final_lr
-    progress = (step - warmup) / (decay_end - warmup)  # 0 -> 1
+    progress = (step - warmup) / (decay_end + 1 - warmup)  # 1 after the last step, not at it
     coeff = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
     return final_lr + coeff * (max_lr - final_lr)
 
@@ -346,9 +344,11 @@ def setup_device(proc, device, dtype, compiled):
     dtype_name = ("bfloat16" if device_type == "cuda" else "float32") if dtype == "auto" else dtype
     if device_type == "cpu" and dtype_name == "float16":
         raise UserError("dtype=float16 needs a GPU; use float32 or bfloat16 on CPU")
-    # torch.compile on a CPU builds C++ with a command line that torch splits at spaces (its include
-    # and library paths are not quoted): the link fails when torch or Python lives under a space
-    spaced = [p for p in (os.path.dirname(torch.__file__), sysconfig.get_path("include"))
+    # torch.compile on a CPU builds C++ with a command line that torch splits at spaces (paths are
+    # not quoted): it cannot link when torch, Python or the compiler's cache (in TMPDIR, unless
+    # TORCHINDUCTOR_CACHE_DIR) lives under a path with a space
+    spaced = [p for p in (os.path.dirname(torch.__file__), sysconfig.get_path("include"),
+                          os.environ.get("TORCHINDUCTOR_CACHE_DIR") or tempfile.gettempdir())
               if " " in p]
     if compiled and device_type == "cpu" and spaced:
         raise UserError(f"compile=True on a CPU cannot link from {spaced[0]} (a space breaks "
@@ -451,8 +451,8 @@ def read_benchmarks(spec):
         name = source if source in ("humaneval", "mbpp") else Path(source).name.split(".")[0]
         try:
             benchmarks[name] = load_problems(source)
-        except EvalError as e:
-            raise UserError(f"eval_problems: {e}")
+        except UserError as e:  # eval.py's errors about a benchmark, a missing file among them
+            raise UserError(f"eval_problems: {e}") from None
     return benchmarks
 
 

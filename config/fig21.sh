@@ -7,14 +7,14 @@
 #   bash config/fig21.sh                   # ~30 min on an idle 2-core CPU; a rerun resumes (finished runs are kept)
 #   bash config/fig21.sh --out_dir=out-x --seeds=1,2 --mbpp=path/to/mbpp.jsonl
 #
-# MBPP is scored where a local copy exists (--mbpp, default ../shared/data/mbpp.jsonl beside the checkout);
-# nothing is downloaded. Relative paths are from the checkout (the script runs there). Writes OUT_DIR/filter/,
-# OUT_DIR/{unfiltered,filtered}-SEED/, OUT_DIR/fig21.png and OUT_DIR/table.txt.
+# MBPP is scored when --mbpp names a local copy of its test problems (JSONL); nothing is downloaded. Relative
+# paths are from the checkout (the script runs there). Writes OUT_DIR/filter/, OUT_DIR/{unfiltered,filtered}-SEED/,
+# OUT_DIR/fig21.png and OUT_DIR/table.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=out-fig21
 SEEDS=1,2,3
-MBPP=../shared/data/mbpp.jsonl
+MBPP=
 for arg in "$@"; do
     case $arg in
         --out_dir=*) OUT=${arg#*=} ;;
@@ -24,10 +24,12 @@ for arg in "$@"; do
     esac
 done
 problems=humaneval
-if [ -f "$MBPP" ]; then
+if [ -n "$MBPP" ] && [ ! -f "$MBPP" ]; then
+    echo "fig21.sh: error: --mbpp=$MBPP: no such file" >&2; exit 2
+elif [ -n "$MBPP" ]; then
     problems="humaneval,$MBPP"
 else
-    echo "fig21: no MBPP at $MBPP (--mbpp=path): HumanEval only"
+    echo "fig21: HumanEval only (--mbpp=path/to/mbpp.jsonl adds MBPP)"
 fi
 start=$SECONDS
 

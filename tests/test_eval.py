@@ -908,7 +908,7 @@ def test_sample_with_a_short_context_truncates_and_flags(tmp_path, capsys):
 
 
 def test_bench_gen_runs_on_cpu(capsys):
-    from bench_parts.generate import bench_generate   # `python bench.py generate`
+    from bench import bench_generate   # `python bench.py generate`
     bench_generate(["--preset=nano", "--batches=1,2", "--prompt_len=8", "--new_tokens=4"])
     out = capsys.readouterr().out
     assert "batch   1:" in out and "batch   2:" in out and "Hugging Face" in out
