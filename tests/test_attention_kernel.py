@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import triton
 
 import attention_kernel as ak
+from configurator import RunError, UserError
 
 interpreter_only = pytest.mark.skipif(not ak.INTERPRET, reason="CPU tests need TRITON_INTERPRET=1")
 gpu_only = pytest.mark.skipif(ak.INTERPRET or not torch.cuda.is_available(),
@@ -377,16 +378,18 @@ def test_supported_and_clear_errors(monkeypatch):
 def test_benchmark_argument_parsing():
     args = ak._parse_args([])
     assert args.shapes == ak.BENCH_SHAPES and args.doc_len == 512 and args.dropout == [0.0, 0.1]
-    assert ak._parse_args(["--shapes=1,2,64,32;2,2,128,64", "--no_flex"]).shapes == [(1, 2, 64, 32), (2, 2, 128, 64)]
-    with pytest.raises(SystemExit):
+    assert ak._parse_args(["--shapes=1,2,64,32;2,2,128,64", "--no_flex=True"]).shapes == [(1, 2, 64, 32), (2, 2, 128, 64)]
+    with pytest.raises(UserError, match="--shapes must look like B,H,T,D"):
         ak._parse_args(["--shapes=1,2,64"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="--dropout must be probabilities"):
         ak._parse_args(["--dropout=0,1.5"])
+    with pytest.raises(UserError, match="expected --key=value, got '--no_flex'"):
+        ak._parse_args(["--no_flex"])
     doc_ids = ak._random_doc_ids(2, 300, 20, "cpu")
     assert doc_ids.shape == (2, 300) and (doc_ids.diff(dim=1) >= 0).all() and doc_ids[:, -1].min() > 3
     if ak.INTERPRET or not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="needs a CUDA GPU"):
-            ak.benchmark(["--no_flex"])
+        with pytest.raises(RunError, match="needs a CUDA GPU"):
+            ak.benchmark(["--no_flex=True"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
