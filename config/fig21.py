@@ -16,5 +16,5 @@ warmup_iters = 8
 learning_rate = 2e-3
 eval_interval = 40             # validation and benchmark losses at steps 0, 40 and 80
 eval_iters = 8
-eval_problems = "humaneval"    # config/fig21.sh --mbpp=PATH adds MBPP
+eval_problems = "humaneval,mbpp"  # the benchmark losses: MBPP from assets/ (fig21.sh --mbpp=PATH: another copy)
 sample_tokens = 0

@@ -7,14 +7,14 @@
 #   bash config/fig21.sh                   # ~30 min on an idle 2-core CPU; a rerun resumes (finished runs are kept)
 #   bash config/fig21.sh --out_dir=out-x --seeds=1,2 --mbpp=path/to/mbpp.jsonl
 #
-# MBPP is scored when --mbpp names a local copy of its test problems (JSONL); nothing is downloaded. Relative
-# paths are from the checkout (the script runs there). Writes OUT_DIR/filter/, OUT_DIR/{unfiltered,filtered}-SEED/,
+# MBPP's test problems come from the copy in assets/ unless --mbpp names another file in its format; nothing is
+# downloaded. Relative paths are from the checkout (the script runs there). Writes OUT_DIR/filter/, OUT_DIR/{unfiltered,filtered}-SEED/,
 # OUT_DIR/fig21.png and OUT_DIR/table.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=out-fig21
 SEEDS=1,2,3
-MBPP=
+MBPP=mbpp
 for arg in "$@"; do
     case $arg in
         --out_dir=*) OUT=${arg#*=} ;;
@@ -23,14 +23,10 @@ for arg in "$@"; do
         *) echo "fig21.sh: error: unknown argument '$arg' (options: --out_dir= --seeds= --mbpp=)" >&2; exit 2 ;;
     esac
 done
-problems=humaneval
-if [ -n "$MBPP" ] && [ ! -f "$MBPP" ]; then
+if [ "$MBPP" != mbpp ] && [ ! -f "$MBPP" ]; then
     echo "fig21.sh: error: --mbpp=$MBPP: no such file" >&2; exit 2
-elif [ -n "$MBPP" ]; then
-    problems="humaneval,$MBPP"
-else
-    echo "fig21: HumanEval only (--mbpp=path/to/mbpp.jsonl adds MBPP)"
 fi
+problems="humaneval,$MBPP"
 start=$SECONDS
 
 python filter.py --out_dir="$OUT/filter"          # heuristic judge + TF-IDF stand-ins, offline

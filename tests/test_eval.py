@@ -1,9 +1,6 @@
 """Tests of eval.py and sandbox.py: problems, pass@k, the sandbox against hostile programs, cheating
 completions and an attacker searching its memory for the tests, time limits, `check`, `sample` and
-`loss` on a subset, and the generation benchmark.
-
-MBPP's 974 problems are opt-in:
-    PHI1_MBPP=path/to/mbpp.jsonl python -m pytest -q tests/test_eval.py"""
+`loss` on a subset, and the generation benchmark."""
 import ast
 import dataclasses
 import hashlib
@@ -27,7 +24,7 @@ import eval as E
 import sandbox as S
 
 REPO = Path(__file__).resolve().parent.parent
-MBPP = Path(os.environ.get("PHI1_MBPP", "no MBPP given: set PHI1_MBPP"))
+MBPP = REPO / "assets" / "mbpp.jsonl"   # what --problems=mbpp reads
 
 
 @pytest.fixture(autouse=True)
@@ -89,9 +86,8 @@ def test_load_humaneval():
     assert p["entry_point"] == "has_close_elements" and p["prompt"].startswith("from typing import List")
 
 
-@pytest.mark.skipif(not MBPP.exists(), reason="set PHI1_MBPP=path/to/mbpp.jsonl")
 def test_load_mbpp_test_split():
-    problems = E.load_problems(str(MBPP))
+    problems = E.load_problems("mbpp")
     assert len(problems) == 500
     assert sorted(int(t.split("/")[1]) for t in problems) == list(range(11, 511))
     p = problems["MBPP/11"]
@@ -115,7 +111,6 @@ def test_humaneval_canonical_solutions_pass_and_empty_completions_fail():
     assert not any(passed[164:])
 
 
-@pytest.mark.skipif(not MBPP.exists(), reason="set PHI1_MBPP=path/to/mbpp.jsonl")
 def test_mbpp_reference_solutions_pass_at_the_default_limits_on_a_busy_machine(tmp_path):
     # all 974, with the tests in the judge: those that return Counters (40, 88, 902) or defaultdicts (653), pass
     # `int` (533), use the program's `import sys` (596) or build Node/Pair objects (367, 601, 927) included; and

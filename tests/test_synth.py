@@ -23,7 +23,7 @@ from fake_openai import FakeOpenAIServer, closed_port_url, interrupt_after
 from files import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
-MBPP = REPO.parent / "shared" / "data" / "mbpp.jsonl"
+MBPP = REPO / "assets" / "mbpp.jsonl"
 
 
 # ----------------------------------------------------------------------------- a deterministic fake "LLM"
