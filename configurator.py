@@ -1,7 +1,7 @@
 """
-The command line of every script in the project (after nanoGPT's configurator.py): `--key=value` flags typed by
-their defaults, `key = value` config files, subcommands, and the one wrapper that turns expected failures into one
-line and an exit code.
+The command line of every script in the project (after nanoGPT's configurator.py): `--key=value`
+flags typed by their defaults, `key = value` config files, subcommands, and the one wrapper that
+turns expected failures into one line and an exit code.
 
     OPTIONS = {"n": (1, "samples per problem"), "out": ("samples.jsonl", "where they go")}
     def main(argv):
@@ -10,12 +10,14 @@ line and an exit code.
         configurator.cli(main)
 
 The convention, the same in every script:
-- `--key=value` with underscores; `--key value` and `--key` alone are errors (a boolean is `--key=True|False`);
-- every key has a default, whose type the value must have (`None` defaults name their type), and a help line;
-  `--help` prints the script's docstring and every key with its default and help;
+- `--key=value` with underscores; `--key value` and `--key` alone are errors (a boolean is
+  `--key=True|False`);
+- every key has a default, whose type the value must have (`None` defaults name their type), and a
+  help line; `--help` prints the script's docstring and every key with its default and help;
 - an unknown key is one line naming the closest known key;
-- bad input raises UserError: one line `script.py: error: ...` and exit 2; a failure while running (a full disk, a
-  dead server) raises RunError: one line and exit 1; Ctrl-C: one line and exit 130. Never a traceback.
+- bad input raises UserError: one line `script.py: error: ...` and exit 2; a failure while running
+  (a full disk, a dead server) raises RunError: one line and exit 1; Ctrl-C: one line and exit 130.
+  Never a traceback.
 """
 
 import ast
@@ -41,17 +43,19 @@ class RunError(Exception):
 # Options: {key: (default, help)} or {key: (default, help, type)} where the default is None
 
 def parse(argv, options, doc="", args=None):
-    """The options' values from `--key=value` flags (defaults for the rest) as a namespace. `args` names the
-    positional arguments in the help ("SAMPLES", "[CONFIG ...]"); they come back as `.args` (none allowed without
-    it). `--help` prints `doc` and the keys, and exits."""
+    """The options' values from `--key=value` flags (defaults for the rest) as a namespace. `args`
+    names the positional arguments in the help ("SAMPLES", "[CONFIG ...]"); they come back as
+    `.args` (none allowed without it). `--help` prints `doc` and the keys, and exits."""
     flags, positional = split_argv(argv, options, doc, args)
     if positional and not args:
         raise UserError(f"unexpected argument {positional[0]!r}: options are --key=value")
-    return SimpleNamespace(**{**{k: spec[0] for k, spec in options.items()}, **flags}, args=positional)
+    return SimpleNamespace(**{**{k: spec[0] for k, spec in options.items()}, **flags},
+                           args=positional)
 
 
 def split_argv(argv, options, doc="", args=None):
-    """({key: typed value} of the flags given, [positional arguments]); `--help` prints the help and exits."""
+    """({key: typed value} of the flags given, [positional arguments]); `--help` prints the help and
+    exits."""
     if any(a in ("-h", "--help") for a in argv):
         print_help(options, doc, args)
         sys.exit(0)
@@ -90,7 +94,8 @@ def convert(key, raw, spec):
 def check_key(key, options, where):
     if key not in options:
         close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-        hint = f"; did you mean --{close[0]}?" if close else "; run with --help for the list of keys"
+        hint = (f"; did you mean --{close[0]}?" if close
+                else "; run with --help for the list of keys")
         raise UserError(f"unknown key {key!r} in {where}{hint}")
 
 
@@ -110,8 +115,8 @@ def print_help(options, doc, args=None):
 
 
 def options_from_globals(values, path):
-    """train.py's style: the settings are module globals, each with a `# help` comment on its line (continued on
-    comment-only lines below it). -> {key: (value, help)} in the order of the file."""
+    """train.py's style: the settings are module globals, each with a `# help` comment on its line
+    (continued on comment-only lines below it). -> {key: (value, help)} in the order of the file."""
     source = Path(path).read_text(encoding="utf-8")
     comments = {}
     for t in tokenize.generate_tokens(io.StringIO(source).readline):
@@ -124,15 +129,18 @@ def options_from_globals(values, path):
             continue
         column, text = comments[lineno]
         more = lineno + 1
-        while more in comments and comments[more][0] == column and not lines[more - 1][:column].strip():
-            text += " " + comments[more][1]  # a comment continued on the next line, aligned under it
+        while (more in comments and comments[more][0] == column
+               and not lines[more - 1][:column].strip()):
+            # a comment continued on the next line, aligned under it
+            text += " " + comments[more][1]
             more += 1
         helps[m[1]] = text
     return {k: (v, helps.get(k, "")) for k, v in values.items()}
 
 
 def read_config_file(path, options):
-    """`key = literal` lines of a Python file (no code is run), checked like --key=value -> {key: value}."""
+    """`key = literal` lines of a Python file (no code is run), checked like --key=value ->
+    {key: value}."""
     try:
         tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
     except OSError as e:
@@ -145,7 +153,8 @@ def read_config_file(path, options):
             continue  # a docstring
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name)):
-            raise UserError(f"config file {path}, line {node.lineno}: only `key = value` lines are allowed")
+            raise UserError(f"config file {path}, line {node.lineno}: only `key = value` lines "
+                            "are allowed")
         key = node.targets[0].id
         check_key(key, options, path)
         try:
@@ -167,8 +176,9 @@ def read_config_file(path, options):
 # Subcommands and exit codes
 
 def pick_command(argv, commands, doc="", default=None):
-    """(command name, the rest of argv) for `script.py COMMAND --key=value ...`; `commands` is {name: help}.
-    Without a command, `default` runs (if any); `--help` before a command lists the commands."""
+    """(command name, the rest of argv) for `script.py COMMAND --key=value ...`; `commands` is
+    {name: help}. Without a command, `default` runs (if any); `--help` before a command lists the
+    commands."""
     if argv and argv[0] in commands:
         return argv[0], argv[1:]
     if argv and argv[0] in ("-h", "--help"):
@@ -186,9 +196,10 @@ def pick_command(argv, commands, doc="", default=None):
 
 
 def cli(main, argv=None, prog=None):
-    """Run main(argv) with every expected failure as one line on stderr: UserError (and FileNotFoundError)
-    exits 2, RunError and any other OSError 1, Ctrl-C 130 (a KeyboardInterrupt's own message, if any, says what
-    was kept). Under torchrun only rank 0 speaks. Ctrl-C ends with os._exit: call cli only from __main__."""
+    """Run main(argv) with every expected failure as one line on stderr: UserError (and
+    FileNotFoundError) exits 2, RunError and any other OSError 1, Ctrl-C 130 (a KeyboardInterrupt's
+    own message, if any, says what was kept). Under torchrun only rank 0 speaks. Ctrl-C ends with
+    os._exit: call cli only from __main__."""
     prog = prog or Path(sys.argv[0]).name
     argv = sys.argv[1:] if argv is None else argv
     quiet = os.environ.get("RANK", "0") != "0"
@@ -199,7 +210,8 @@ def cli(main, argv=None, prog=None):
 
     try:
         main(argv)
-    except (UserError, FileNotFoundError) as e:  # a path the user gave that is not there is bad input too
+    except (UserError, FileNotFoundError) as e:
+        # a path the user gave that is not there is bad input too
         say(f"error: {e}")
         sys.exit(2)
     except (RunError, OSError) as e:
@@ -208,5 +220,6 @@ def cli(main, argv=None, prog=None):
     except KeyboardInterrupt as e:
         say(f"interrupted{f'; {e}' if str(e) else ''}")
         sys.stdout.flush()
-        # everything is closed by now; skip the interpreter's shutdown, which takes seconds once torch is loaded
+        # everything is closed by now; skip the interpreter's shutdown, which takes seconds once
+        # torch is loaded
         os._exit(130)

