@@ -219,21 +219,27 @@ def test_cache_is_keyed_by_content_not_size_or_mtime(tmp_path):
     assert data.prepare(str(tmp_path / "copy"), tmp_path / "cache", 0.02, 1, log=logs.append) == second
 
 
-def test_ctrl_c_while_tokenizing_exits_at_once_and_leaves_no_cache(sources, tmp_path):
-    # tokenizing is slowed down (in the workers, which fork from this script) so that Ctrl-C lands in the middle
-    script = f"""
+def slow_tokenizing(seconds, call):
+    """A script that tokenizes with each work unit slowed down by `seconds` (in the workers, which fork from
+    it), so that a Ctrl-C lands in the middle, then runs `call`."""
+    return f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
-import configurator, data, train
+import configurator, data
 real = data.tokenize_unit
 def slow_unit(*args):
-    time.sleep(0.5)
+    time.sleep({seconds})
     return real(*args)
 data.tokenize_unit = slow_unit
 data.UNIT_BYTES = 2000
-configurator.cli(train.main, ["--prepare_only=True", "--data={sources['dir']}", "--cache_dir={tmp_path / 'cache'}",
-                             "--tokenizer_workers=2"], prog="train.py")
+{call}
 """
+
+
+def test_ctrl_c_while_tokenizing_exits_at_once_and_leaves_no_cache(sources, tmp_path):
+    script = slow_tokenizing(0.5, f"""import train
+configurator.cli(train.main, ["--prepare_only=True", "--data={sources['dir']}",
+    "--cache_dir={tmp_path / 'cache'}", "--tokenizer_workers=2"], prog="train.py")""")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert "tokenizing" in proc.stdout.readline()
@@ -249,18 +255,8 @@ configurator.cli(train.main, ["--prepare_only=True", "--data={sources['dir']}", 
 def test_ctrl_c_at_random_moments_of_tokenizing_ends_at_once_every_time(sources, tmp_path):
     """SIGINT to the process group (the main process and its workers) at a random moment of a preparation: from
     the pool's start to its end. Every time it ends within seconds, in one line, and leaves no cache behind."""
-    script = f"""
-import sys, time
-sys.path.insert(0, {str(REPO)!r})
-import configurator, data
-real = data.tokenize_unit
-def slow_unit(*args):
-    time.sleep(0.05)
-    return real(*args)
-data.tokenize_unit = slow_unit
-data.UNIT_BYTES = 2000
-configurator.cli(lambda argv: data.prepare(argv[0], argv[1], 0.02, 2), prog="data.py")
-"""
+    script = slow_tokenizing(0.05, 'configurator.cli(lambda argv: data.prepare(argv[0], argv[1], 0.02, 2), '
+                                   'prog="data.py")')
     rng = random.Random(0)
     for attempt in range(15):
         cache = tmp_path / f"cache{attempt}"
