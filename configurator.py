@@ -25,6 +25,7 @@ import difflib
 import io
 import os
 import re
+import signal
 import sys
 import tokenize
 from pathlib import Path
@@ -210,6 +211,9 @@ def cli(main, argv=None, prog=None):
 
     try:
         main(argv)
+        # the work is done and written: a Ctrl-C while the interpreter exits (seconds, once torch is
+        # loaded) would only print a traceback from an exit handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     except (UserError, FileNotFoundError) as e:
         # a path the user gave that is not there is bad input too
         say(f"error: {e}")
