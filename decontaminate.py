@@ -13,9 +13,14 @@ count), and two sequences match at difflib's ratio. Every threshold asked for is
 pass over the data (a record's verdict at the lowest tau says what each higher tau removes), on all
 cores, streaming a JSONL file by byte offset: the paper's ~1 B tokens never sit in memory.
 
-synth.py runs it on what it generates, and on any JSONL file:
+synth.py runs it on what it generates; on any JSONL file of records with a `text` field:
 
-    python synth.py decontaminate data/exercises.jsonl --against=humaneval,mbpp.jsonl --tau=0.95,0.9
+    python decontaminate.py data/exercises.jsonl      # -> data/exercises.decontaminated.jsonl
+    python decontaminate.py data/exercises.jsonl --against=humaneval,mbpp --tau=0.95,0.9,0.85,0.8
+
+writes the records the first threshold keeps, and beside them (.report.json) every removal with the
+benchmark task it matched; one summary line per threshold. `mbpp` is the copy of MBPP that ships in
+assets/mbpp.jsonl; any other HumanEval- or MBPP-format .jsonl file counts too.
 
     from decontaminate import load_benchmarks, decontaminate_records
     kept, report = decontaminate_records(records, load_benchmarks(["humaneval"]), tau=0.95)
@@ -23,17 +28,20 @@ synth.py runs it on what it generates, and on any JSONL file:
 
 import ast
 import difflib
+import json
 import re
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+import configurator
 from configurator import UserError
-from dedup import LineReader, chunked, parallel_map, record_of
+from dedup import WORKERS, chunked, default_workers, parallel_map
 from eval import EvalError, load_problems
-from files import atomic_write
+from files import LineReader, atomic_write, input_jsonl, record_of, throughput
 
 NGRAM = 13                   # §5: 13-gram overlap with the benchmark
 TAU = 0.95                   # AST match rate threshold (§5 reports 0.95 / 0.9 / 0.85 / 0.8)
@@ -306,3 +314,59 @@ def summary(report):
             f"{report['checked']}, removed {report['removed_13gram']} by {NGRAM}-gram overlap and "
             f"{report['removed_ast']} by AST match (tau {report['tau']}), kept {report['kept']}"
             + (f"; most matched: {top}" if top else ""))
+
+
+# -----------------------------------------------------------------------------
+# The command line: `python decontaminate.py INPUT --key=value ...` (synth.py shares its
+# --against and --tau keys)
+
+AGAINST = ("humaneval", "benchmarks to compare against, comma-separated: humaneval, mbpp, and "
+           "HumanEval- or MBPP-format .jsonl files")
+TAUS = (str(TAU), "AST match thresholds, e.g. 0.95,0.9,0.85,0.8: the removals of each are "
+        "reported, the first one's applied")
+OPTIONS = {
+    "against": AGAINST, "tau": TAUS,
+    "out": (None, "where the kept records go (default: INPUT with .decontaminated.jsonl); the "
+            "report of the removals goes beside it (.report.json)", str),
+    "workers": WORKERS,
+}
+
+
+def parse_against(text):
+    """--against=humaneval,mbpp -> ("humaneval", "mbpp")."""
+    sources = tuple(x for x in text.split(",") if x)
+    if not sources:
+        raise UserError(f"--against={text}: name a benchmark, e.g. --against=humaneval")
+    return sources
+
+
+def parse_taus(text):
+    """--tau=0.95,0.9 -> (0.95, 0.9)."""
+    try:
+        taus = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        taus = ()
+    if not taus or any(t <= 0 for t in taus):
+        raise UserError(f"--tau={text}: expected positive thresholds, e.g. 0.95,0.9,0.85,0.8")
+    return taus
+
+
+def main(argv):
+    a = configurator.parse(argv, OPTIONS, __doc__,
+                           args="INPUT (a JSONL file of records with a `text` field)")
+    t0, workers = time.time(), a.workers or default_workers()
+    taus, against = parse_taus(a.tau), parse_against(a.against)
+    path, offsets = input_jsonl(a.args)
+    bench = load_benchmarks(against)
+    out = Path(a.out or Path(path).with_suffix(".decontaminated.jsonl"))
+    reports, _ = decontaminate_lines(path, offsets, bench, taus, workers, out)
+    atomic_write(out.with_suffix(".report.json"), json.dumps(combined(reports), indent=1))
+    for rep in reports:
+        print(summary(rep))
+    print(f"wrote {reports[0]['kept']} records (tau {taus[0]}) to {out} (removed items and "
+          f"matched tasks: {out.with_suffix('.report.json')})"
+          f"{throughput(len(offsets), t0, workers)}")
+
+
+if __name__ == "__main__":
+    configurator.cli(main)

@@ -1,65 +1,80 @@
-"""Exact and near-duplicate detection for corpora of any size, in memory that does not grow with the texts.
+"""
+Exact and near-duplicate removal for corpora of any size, in memory that does not grow with the
+texts.
 
-synth.py removes duplicates from phi-1's synthetic textbooks and exercises (§2.2) with it; it is written so that
-filter.py can use the same pieces for exact and near duplicates in its code corpus (§2.1).
+phi-1's synthetic textbooks and exercises (§2.2) are deduplicated with it (synth.py runs it on what
+it generates); it is written so that filter.py can use the same pieces for exact and near
+duplicates in its code corpus (§2.1). On any JSONL file of records with a `text` field:
 
-The idea. Two texts are near duplicates when the Jaccard similarity of their sets of word 5-grams ("shingles") is
-at least a threshold (0.8 here; the paper is silent on deduplicating its synthetic data). Comparing every pair is
-quadratic, so each text is summarised by a MinHash signature (Broder, 1997): under a random hash function h, the
-probability that min h(A) == min h(B) is exactly Jaccard(A, B), so the share of 128 hash functions on which two
-signatures agree estimates it. Locality-sensitive hashing then cuts the 128 values into 32 bands of 4: texts
-whose signatures agree on a whole band land in the same bucket. A pair at Jaccard J shares some bucket with
-probability 1 - (1 - J^4)^32: 1 - 5e-8 at 0.8, 0.87 at 0.5, 0.23 at 0.3. Only those pairs are candidates, and a
-candidate is decided by the exact Jaccard of the two shingle sets, recomputed from the two texts, which the
-caller reads back on demand (`text_of(i)`, e.g. from a JSONL file by byte offset). So the decision is exact (on
-64-bit shingle hashes: a collision changes a Jaccard once in ~10^17 shingle pairs), not an estimate; the
-signatures' estimate only skips candidates far below the threshold (VERIFY_MARGIN).
-
-Memory per text, whatever its length: its signature (128 x uint32 = 512 B), its exact hash (8 B), and during
-`near_duplicates` its 32 bucket numbers (int32) and its share of the bucket heads (under 200 B): under 1 KB.
-
-Speed. Shingles are hashed with numpy over whole chunks of texts: the texts of a chunk are read as one array of
-code points, classified by table into word, punctuation and space characters (the regex's rules), each word's
-hash is a sum over its characters (np.add.reduceat), a shingle's hash a weighted sum of its 5 words' hashes, and
-the 128 MinHash functions one (128 x shingles) uint32 multiply-add and a minimum per text (np.minimum.reduceat):
-no Python call per shingle, word or character. `signatures(..., workers=N)` spreads chunks over N processes.
+    python dedup.py data/exercises.jsonl                   # -> data/exercises.dedup.jsonl
+    python dedup.py data/exercises.jsonl --threshold=0.9 --out=kept.jsonl --workers=4
 
     exact, sigs = signatures(texts, len(texts), workers=2)     # (n,) uint64, (n, 128) uint32
     keep, pairs = near_duplicates(sigs, text_of=texts.__getitem__, live=first_occurrences(exact))
 
-Records ({"id", "text", ...} dicts) go through dedup_records; the lines of a JSONL file of any
-size through dedup_lines, which reads each line by its byte offset when it needs it (`python
-synth.py dedup FILE.jsonl`).
+The idea. Two texts are near duplicates when the Jaccard similarity of their sets of word 5-grams
+("shingles") is at least a threshold (0.8 here; the paper is silent on deduplicating its synthetic
+data). Comparing every pair is quadratic, so each text is summarised by a MinHash signature
+(Broder, 1997): under a random hash function h, the probability that min h(A) == min h(B) is
+exactly Jaccard(A, B), so the share of 128 hash functions on which two signatures agree estimates
+it. Locality-sensitive hashing then cuts the 128 values into 32 bands of 4: texts whose signatures
+agree on a whole band land in the same bucket. A pair at Jaccard J shares some bucket with
+probability 1 - (1 - J^4)^32: 1 - 5e-8 at 0.8, 0.87 at 0.5, 0.23 at 0.3. Only those pairs are
+candidates, and a candidate is decided by the exact Jaccard of the two shingle sets, recomputed
+from the two texts, which the caller reads back on demand (`text_of(i)`, e.g. from a JSONL file by
+byte offset). So the decision is exact (on 64-bit shingle hashes: a collision changes a Jaccard
+once in ~10^17 shingle pairs), not an estimate; the signatures' estimate only skips candidates far
+below the threshold (VERIFY_MARGIN). Exact duplicates (the same text up to whitespace) go first.
+
+Memory per text, whatever its length: its signature (128 x uint32 = 512 B), its exact hash (8 B),
+and during `near_duplicates` its 32 bucket numbers (int32) and its share of the bucket heads (under
+200 B): under 1 KB.
+
+Speed. Shingles are hashed with numpy over whole chunks of texts: the texts of a chunk are read as
+one array of code points, classified by table into word, punctuation and space characters (the
+regex's rules), each word's hash is a sum over its characters (np.add.reduceat), a shingle's hash a
+weighted sum of its 5 words' hashes, and the 128 MinHash functions one (128 x shingles) uint32
+multiply-add and a minimum per text (np.minimum.reduceat): no Python call per shingle, word or
+character. `signatures(..., workers=N)` spreads chunks over N processes.
+
+Read top to bottom: exact duplicates; shingles and MinHash, vectorised; LSH candidates and the
+exact decision; records in memory (dedup_records) and the lines of a JSONL file of any size
+(dedup_lines, which reads each line by its byte offset when it needs it); the command line.
 """
 import hashlib
-import json
 import multiprocessing
 import os
 import re
+import time
 from collections import deque
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
+import configurator
 from configurator import UserError
-from files import atomic_write
+from files import LineReader, copy_lines, input_jsonl, record_of, throughput
 
 SHINGLE = 5                  # words per shingle
 NUM_PERM = 128               # MinHash functions
 BANDS = 32                   # LSH bands of NUM_PERM / BANDS = 4 rows
 THRESHOLD = 0.8              # near duplicate: shingle Jaccard >= this
-# Candidates whose estimated Jaccard is this far below the threshold are not verified. With 128 functions the
-# estimate's standard deviation is sqrt(J(1-J)/128) = 0.035 at J = 0.8, so a pair at the threshold falls 0.2 below
-# it (5.6 sigma) with probability ~1e-8: verification is skipped only where it could not succeed.
+# Candidates whose estimated Jaccard is this far below the threshold are not verified. With 128
+# functions the estimate's standard deviation is sqrt(J(1-J)/128) = 0.035 at J = 0.8, so a pair at
+# the threshold falls 0.2 below it (5.6 sigma) with probability ~1e-8: verification is skipped only
+# where it could not succeed.
 VERIFY_MARGIN = 0.2
 CHUNK = 256                  # texts per worker task
-BLOCK_SHINGLES = 1 << 13     # shingles per MinHash block: a (128, 8192) uint32 temporary, 4 MB (cache-sized)
+BLOCK_SHINGLES = 1 << 13     # shingles per MinHash block: a (128, 8192) uint32 temporary, 4 MB
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 _rng = np.random.default_rng(0)
-_A = (_rng.integers(0, 1 << 31, size=NUM_PERM, dtype=np.uint32) << np.uint32(1)) | np.uint32(1)  # odd multipliers
+_A = ((_rng.integers(0, 1 << 31, size=NUM_PERM, dtype=np.uint32) << np.uint32(1))
+      | np.uint32(1))                                                   # odd multipliers
 _B = _rng.integers(0, 1 << 32, size=NUM_PERM, dtype=np.uint32)
-_POS = _rng.integers(0, 1 << 63, size=SHINGLE, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # word weights
+_POS = (_rng.integers(0, 1 << 63, size=SHINGLE, dtype=np.uint64) * np.uint64(2)
+        + np.uint64(1))                                                 # word weights
 
 
 def words(text):
@@ -74,21 +89,23 @@ def content_hash(text):
 
 
 def normalized_hash(text):
-    """64 bits of the sha256 of the text with runs of whitespace made one space: equal for texts that differ only
-    in layout. 64 bits make an accidental collision among 10 M texts a 3e-6 chance."""
+    """64 bits of the sha256 of the text with runs of whitespace made one space: equal for texts
+    that differ only in layout. 64 bits make an accidental collision among 10 M texts a 3e-6
+    chance."""
     normal = " ".join(text.split()).encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.sha256(normal).digest()[:8], "little")
 
 
 def first_occurrences(hashes):
-    """(n,) bool: True where hashes[i] did not occur before i (the first of each group of exact duplicates)."""
+    """(n,) bool: True where hashes[i] did not occur before i (the first of each group of exact
+    duplicates)."""
     hashes = np.asarray(hashes)
     first = np.zeros(len(hashes), bool)
-    first[np.unique(hashes, return_index=True)[1]] = True   # np.unique returns each value's first index
+    first[np.unique(hashes, return_index=True)[1]] = True   # np.unique: each value's first index
     return first
 
 
-# ----------------------------------------------------------------------------- shingles and MinHash, vectorised
+# ----------------------------------------------------------------------------- shingles and MinHash
 def _mix(x):
     """splitmix64's finaliser on a uint64 array: every input bit reaches every output bit."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -97,7 +114,7 @@ def _mix(x):
 
 
 def _char_class(c):
-    # what `_WORD` sees: 0 whitespace (\s), 1 word character (\w: str.isalnum() or "_"), 2 anything else
+    # what `_WORD` sees: 0 whitespace (\s), 1 word character (\w: str.isalnum() or "_"), 2 any other
     return 0 if c.isspace() else 1 if (c.isalnum() or c == "_") else 2
 
 
@@ -105,15 +122,17 @@ _ASCII_CLASS = np.array([_char_class(chr(c)) for c in range(128)], dtype=np.uint
 
 
 def word_hashes(texts):
-    """The words of each text (as words() cuts them) hashed, without a Python call per word or per character.
+    """The words of each text (as words() cuts them) hashed, without a Python call per word or per
+    character.
 
-    Returns ((W,) uint64 hashes of all words of all texts in order, (T,) int64 number of words of each text).
-    The texts are joined by spaces and read as one array of code points; each character is classified by table
-    (characters beyond ASCII once per distinct one, with the same rules as the regex), words are runs of word
-    characters and every other non-space character is a word of its own; character k of a word contributes
-    mix(code point + k * 2^32), and a word's hash is the mixed sum of its characters' contributions."""
+    Returns ((W,) uint64 hashes of all words of all texts in order, (T,) int64 number of words of
+    each text). The texts are joined by spaces and read as one array of code points; each character
+    is classified by table (characters beyond ASCII once per distinct one, with the same rules as
+    the regex), words are runs of word characters and every other non-space character is a word of
+    its own; character k of a word contributes mix(code point + k * 2^32), and a word's hash is the
+    mixed sum of its characters' contributions."""
     joined = " ".join(texts)
-    cp = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)          # (L,)
+    cp = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)   # (L,)
     if not len(cp) or cp.max() < 128:
         cls = _ASCII_CLASS[cp]
     else:
@@ -124,12 +143,13 @@ def word_hashes(texts):
         cls[~low] = np.array([_char_class(chr(c)) for c in u.tolist()], dtype=np.uint8)[inv]
     word = cls == 1
     inside = np.zeros_like(word)
-    inside[1:] = word[1:] & word[:-1]                                       # a word character after another
-    start = (cls != 0) & ~inside                                            # (L,) a word begins here
-    chars = np.flatnonzero(cls)                                             # (C,) positions inside words
+    inside[1:] = word[1:] & word[:-1]                   # a word character after another
+    start = (cls != 0) & ~inside                        # (L,) a word begins here
+    chars = np.flatnonzero(cls)                         # (C,) positions inside words
     at = np.arange(len(chars), dtype=np.int64)
-    first = np.flatnonzero(start[chars])                                    # (W,) word starts, among `chars`
-    pos = (at - np.maximum.accumulate(np.where(start[chars], at, 0))).astype(np.uint64)   # place in its word
+    first = np.flatnonzero(start[chars])                # (W,) word starts, among `chars`
+    word_start = np.maximum.accumulate(np.where(start[chars], at, 0))
+    pos = (at - word_start).astype(np.uint64)           # (C,) the place in its word
     contrib = _mix(cp[chars].astype(np.uint64) | (pos << np.uint64(32)))
     wh = _mix(np.add.reduceat(contrib, first)) if len(first) else np.zeros(0, dtype=np.uint64)
     # words per text: word starts before each text's end (texts are separated by one space each)
@@ -139,16 +159,17 @@ def word_hashes(texts):
 
 
 def _grams(wh, n_words, n=SHINGLE, whole_short=True):
-    """Hashes of the word n-grams of texts from their word hashes `wh` and word counts `n_words`, and the index of
-    each text's first n-gram: ((G,) uint64, (T,) int64). No n-gram crosses from one text into the next. With
-    whole_short, a text of fewer than n words is one n-gram of all of them (an empty text: of none), as the
-    shingle sets of words() have it; else it has none."""
+    """Hashes of the word n-grams of texts from their word hashes `wh` and word counts `n_words`,
+    and the index of each text's first n-gram: ((G,) uint64, (T,) int64). No n-gram crosses from
+    one text into the next. With whole_short, a text of fewer than n words is one n-gram of all of
+    them (an empty text: of none), as the shingle sets of words() have it; else it has none."""
     n_words = np.asarray(n_words, dtype=np.int64)
     first_word = np.concatenate(([0], np.cumsum(n_words)[:-1]))
-    per_text = np.maximum(n_words - n + 1, 1 if whole_short else 0)          # n-grams of each text
+    per_text = np.maximum(n_words - n + 1, 1 if whole_short else 0)   # n-grams of each text
     first = np.concatenate(([0], np.cumsum(per_text)[:-1]))
-    start = np.repeat(first_word, per_text) + (np.arange(per_text.sum()) - np.repeat(first, per_text))
-    width = np.minimum(np.repeat(n_words, per_text), n)                     # words in each n-gram
+    start = (np.repeat(first_word, per_text)
+             + (np.arange(per_text.sum()) - np.repeat(first, per_text)))   # (G,) first word
+    width = np.minimum(np.repeat(n_words, per_text), n)                # (G,) words in each n-gram
     padded = np.concatenate((wh, np.zeros(n, dtype=np.uint64)))
     h = width.astype(np.uint64)
     for k in range(n):   # a weighted sum of the n-gram's words, the weight depending on the place
@@ -157,7 +178,7 @@ def _grams(wh, n_words, n=SHINGLE, whole_short=True):
 
 
 def ngram_hashes(wh, n_words, n):
-    """All word n-grams (as words() cuts words) of the texts that word_hashes() read: (G,) uint64."""
+    """All word n-grams (as words() cuts words) of the texts word_hashes() read: (G,) uint64."""
     return _grams(wh, n_words, n, whole_short=False)[0]
 
 
@@ -173,26 +194,31 @@ def jaccard(a, b):
 
 
 def _minhash(sh, starts):
-    """MinHash of the shingle hashes sh, text t owning sh[starts[t]:starts[t+1]]: (T, NUM_PERM) uint32.
+    """MinHash of the shingle hashes sh, text t owning sh[starts[t]:starts[t+1]]: (T, NUM_PERM)
+    uint32.
 
-    Hash function k is x -> A[k] * x + B[k] mod 2^32 on the high 32 bits x of a shingle's (well mixed) hash:
-    with A[k] odd, a permutation of the 32-bit values, computed for all shingles and functions in one uint32
-    multiply-add (1 in 2^32 shingle pairs collide, which changes a Jaccard by nothing measurable)."""
+    Hash function k is x -> A[k] * x + B[k] mod 2^32 on the high 32 bits x of a shingle's (well
+    mixed) hash: with A[k] odd, a permutation of the 32-bit values, computed for all shingles and
+    functions in one uint32 multiply-add (1 in 2^32 shingle pairs collide, which changes a Jaccard
+    by nothing measurable)."""
     x = (sh >> np.uint64(32)).astype(np.uint32)
     out = np.empty((len(starts), NUM_PERM), dtype=np.uint32)
     bounds = np.append(starts, len(sh))
     t = 0
-    while t < len(starts):   # blocks of whole texts of about BLOCK_SHINGLES shingles bound the temporary
-        u = min(len(starts), max(t + 1, int(np.searchsorted(bounds, bounds[t] + BLOCK_SHINGLES, "right")) - 1))
-        h = np.multiply.outer(_A, x[bounds[t]:bounds[u]])                   # (NUM_PERM, S), wraps mod 2^32
+    # blocks of whole texts of about BLOCK_SHINGLES shingles bound the temporary
+    while t < len(starts):
+        end = int(np.searchsorted(bounds, bounds[t] + BLOCK_SHINGLES, "right")) - 1
+        u = min(len(starts), max(t + 1, end))
+        h = np.multiply.outer(_A, x[bounds[t]:bounds[u]])      # (NUM_PERM, S), wraps mod 2^32
         h += _B[:, None]
-        out[t:u] = np.minimum.reduceat(h, bounds[t:u] - bounds[t], axis=1).T  # (texts in block, NUM_PERM)
+        out[t:u] = np.minimum.reduceat(h, bounds[t:u] - bounds[t], axis=1).T   # (u - t, NUM_PERM)
         t = u
     return out
 
 
 def sign(texts):
-    """Exact hashes and MinHash signatures of a list of texts: ((n,) uint64, (n, NUM_PERM) uint32)."""
+    """Exact hashes and MinHash signatures of a list of texts: ((n,) uint64, (n, NUM_PERM) uint32).
+    """
     exact = np.fromiter((normalized_hash(t) for t in texts), dtype=np.uint64, count=len(texts))
     if not texts:
         return exact, np.empty((0, NUM_PERM), dtype=np.uint32)
@@ -205,8 +231,9 @@ def _sign_chunk(args):
 
 
 def signatures(items, n, decode=None, workers=1):
-    """sign() over `n` texts (or things that `decode` turns into texts in the workers, e.g. JSONL lines), on
-    `workers` processes: ((n,) uint64, (n, NUM_PERM) uint32), in input order whatever the number of workers."""
+    """sign() over `n` texts (or things that `decode` turns into texts in the workers, e.g. JSONL
+    lines), on `workers` processes: ((n,) uint64, (n, NUM_PERM) uint32), in input order whatever
+    the number of workers."""
     exact = np.empty(n, dtype=np.uint64)
     sigs = np.empty((n, NUM_PERM), dtype=np.uint32)
     done = 0
@@ -233,17 +260,17 @@ def chunked(items, size):
 
 
 def parallel_map(fn, tasks, workers=1, initializer=None, initargs=()):
-    """fn(task) for each task on `workers` processes, yielded in input order. At most 2 x workers tasks are in
-    flight, so a long input is read only as fast as it is processed (Pool.imap would read all of it ahead).
-    Workers are forked where the platform can (they start at once and share what the parent loaded); with
-    workers <= 1 everything runs here."""
+    """fn(task) for each task on `workers` processes, yielded in input order. At most 2 x workers
+    tasks are in flight, so a long input is read only as fast as it is processed (Pool.imap would
+    read all of it ahead). Workers are forked where the platform can (they start at once and share
+    what the parent loaded); with workers <= 1 everything runs here."""
     if workers <= 1:
         if initializer:
             initializer(*initargs)
         yield from map(fn, tasks)
         return
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with ctx.Pool(workers, initializer, initargs) as pool:
+    fork = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    with multiprocessing.get_context(fork).Pool(workers, initializer, initargs) as pool:
         pending = deque()
         for task in tasks:
             pending.append(pool.apply_async(fn, (task,)))
@@ -258,10 +285,11 @@ def default_workers():
 
 
 class DistinctCount:
-    """The number of distinct values in a stream of (well mixed) 64-bit hashes, in bounded memory: the k
-    smallest distinct values seen (a "k minimum values" sketch, Bar-Yossef et al. 2002). Exact while fewer than k
-    values are distinct; beyond, (k - 1) / (k-th smallest / 2^64), with a relative error of about 1 / sqrt(k)
-    (0.4 % for k = 65536). Sketches merge, so workers can count their shares."""
+    """The number of distinct values in a stream of (well mixed) 64-bit hashes, in bounded memory:
+    the k smallest distinct values seen (a "k minimum values" sketch, Bar-Yossef et al. 2002).
+    Exact while fewer than k values are distinct; beyond, (k - 1) / (k-th smallest / 2^64), with a
+    relative error of about 1 / sqrt(k) (0.4 % for k = 65536). Sketches merge, so workers can count
+    their shares."""
 
     def __init__(self, k=1 << 16):
         self.k, self.total, self.mins = k, 0, np.zeros(0, dtype=np.uint64)
@@ -288,7 +316,8 @@ class DistinctCount:
         return round((self.k - 1) / ((float(self.mins[-1]) + 1) / 2.0 ** 64))
 
 
-# ----------------------------------------------------------------------------- LSH: candidates, then the decision
+
+# ----------------------------------------------------------------------------- LSH and the decision
 def _band_keys(sigs, rows, b):
     """One 64-bit key per text for band b: its `rows` values of that band, mixed."""
     band = np.ascontiguousarray(sigs[:, b * rows:(b + 1) * rows]).astype(np.uint64)   # (n, rows)
@@ -299,20 +328,23 @@ def _band_keys(sigs, rows, b):
 
 
 def near_duplicates(sigs, text_of, live=None, threshold=THRESHOLD, bands=BANDS, progress=None):
-    """Decide which texts are near duplicates of an earlier kept one. Texts are taken in index order; text j is
-    dropped if its shingle Jaccard with some earlier kept text i (one sharing an LSH bucket) is >= threshold,
-    else kept; only kept texts go on to match later ones, so the first of each group survives.
+    """Decide which texts are near duplicates of an earlier kept one. Texts are taken in index
+    order; text j is dropped if its shingle Jaccard with some earlier kept text i (one sharing an
+    LSH bucket) is >= threshold, else kept; only kept texts go on to match later ones, so the first
+    of each group survives.
 
-    sigs: (n, NUM_PERM) uint32; text_of(i) -> str reads text i back (called only for candidate pairs);
-    live: (n,) bool, False for texts already dropped (exact duplicates), which neither match nor get matched.
-    Returns (keep (n,) bool, pairs [(j, i)]: each dropped j with the kept i it matched, the lowest such i)."""
+    sigs: (n, NUM_PERM) uint32; text_of(i) -> str reads text i back (called only for candidate
+    pairs); live: (n,) bool, False for texts already dropped (exact duplicates), which neither match
+    nor get matched. Returns (keep (n,) bool, pairs [(j, i)]: each dropped j with the kept i it
+    matched, the lowest such i)."""
     n = len(sigs)
     rows = sigs.shape[1] // bands
     live = np.ones(n, bool) if live is None else np.asarray(live, bool)
     idx = np.flatnonzero(live)
     if not len(idx):
         return live.copy(), []
-    # bucket[j, b]: a number for the band-b bucket of j shared with another live text, -1 when j is alone in it
+    # bucket[j, b]: a number for the band-b bucket of j shared with another live text, -1 when j is
+    # alone in it
     bucket = np.full((n, bands), -1, dtype=np.int32)
     n_buckets = 0
     for b in range(bands):
@@ -320,14 +352,14 @@ def near_duplicates(sigs, text_of, live=None, threshold=THRESHOLD, bands=BANDS, 
         order = np.argsort(key, kind="stable")
         k = key[order]
         new = np.concatenate(([True], k[1:] != k[:-1]))
-        group = np.cumsum(new) - 1                                # group of each text, in sorted order
+        group = np.cumsum(new) - 1                     # group of each text, in sorted order
         size = np.bincount(group)
         shared = size[group] > 1
-        renum = np.cumsum(size > 1) - 1 + n_buckets               # shared groups numbered from n_buckets on
+        renum = np.cumsum(size > 1) - 1 + n_buckets    # shared groups numbered from n_buckets on
         bucket[idx[order[shared]], b] = renum[group[shared]]
         n_buckets += int((size > 1).sum())
-    head = np.full(n_buckets, -1, dtype=np.int32)                 # the first kept text in each bucket
-    more = {}                                                     # bucket -> further kept texts (rare)
+    head = np.full(n_buckets, -1, dtype=np.int32)      # the first kept text in each bucket
+    more = {}                                          # bucket -> further kept texts (rare)
     keep = live.copy()
     pairs = []
     sets = lru_cache(maxsize=4096)(lambda i: shingle_set(text_of(i)))
@@ -342,7 +374,8 @@ def near_duplicates(sigs, text_of, live=None, threshold=THRESHOLD, bands=BANDS, 
             cands.update(more.get(bk, ()))
         match = None
         for i in sorted(cands):
-            if (sigs[i] == sigs[j]).mean() >= threshold - VERIFY_MARGIN and jaccard(sets(i), sets(j)) >= threshold:
+            if ((sigs[i] == sigs[j]).mean() >= threshold - VERIFY_MARGIN
+                    and jaccard(sets(i), sets(j)) >= threshold):
                 match = i
                 break
         if match is not None:
@@ -355,43 +388,10 @@ def near_duplicates(sigs, text_of, live=None, threshold=THRESHOLD, bands=BANDS, 
     return keep, pairs
 
 
-# ----------------------------------------------------------------------------- JSONL records
+# ----------------------------------------------------------------------------- records and files
 # At the paper's scale a JSONL file holds ~1 B tokens: nothing below keeps its texts in memory. A
-# pass reads the lines it needs (by offset, in the order it needs them) and hands them to worker
-# processes as bytes.
-
-class LineReader:
-    """Random access to the lines of a file by byte offset (one open file; the OS's page cache does
-    the rest)."""
-
-    def __init__(self, path):
-        self.f = open(path, "rb")
-
-    def __call__(self, offset):
-        self.f.seek(int(offset))
-        line = self.f.readline()
-        return line if line.endswith(b"\n") else line + b"\n"   # a last line without its newline
-
-    def close(self):
-        self.f.close()
-
-
-def record_of(item):
-    """A record from (its number, a JSONL line or a dict), checked to have a text; its id defaults
-    to the number. Otherwise a ValueError names the record (the caller adds the file)."""
-    i, x = item
-    if isinstance(x, dict):
-        r = x
-    else:
-        try:
-            r = json.loads(x)
-        except ValueError as e:
-            raise ValueError(f"record {i} is not JSON ({e})") from None
-    if not isinstance(r, dict) or not isinstance(r.get("text"), str):
-        raise ValueError(f"record {i} has no 'text' field")
-    r.setdefault("id", str(i))
-    return r
-
+# pass reads the lines it needs (by offset, files.LineReader) and hands them to worker processes as
+# bytes.
 
 def _text_of(item):
     return record_of(item)["text"]
@@ -437,10 +437,31 @@ def dedup_lines(path, offsets, threshold=THRESHOLD, workers=1):
         reader.close()
 
 
-def copy_lines(path, offsets, out):
-    """The lines of `path` at `offsets`, in that order, into `out` (atomically)."""
-    reader = LineReader(path)
-    try:
-        atomic_write(out, lambda f: f.writelines(map(reader, offsets)))
-    finally:
-        reader.close()
+# -----------------------------------------------------------------------------
+# The command line: `python dedup.py INPUT --key=value ...`
+
+WORKERS = (None, "processes (default: all cores)", int)
+OPTIONS = {
+    "out": (None, "where the kept records go (default: INPUT with .dedup.jsonl)", str),
+    "threshold": (THRESHOLD, "near duplicates: word 5-gram Jaccard similarity >= this"),
+    "workers": WORKERS,
+}
+
+
+def main(argv):
+    a = configurator.parse(argv, OPTIONS, __doc__, args="INPUT (a JSONL file of records with a "
+                           "`text` field)")
+    if not 0 < a.threshold <= 1:
+        raise UserError(f"--threshold={a.threshold}: expected a Jaccard similarity in (0, 1]")
+    path, offsets = input_jsonl(a.args)
+    workers, t0 = a.workers or default_workers(), time.time()
+    keep, removed = dedup_lines(path, offsets, a.threshold, workers)
+    out = a.out or Path(path).with_suffix(".dedup.jsonl")
+    copy_lines(path, offsets[keep], out)
+    print(f"dedup: {len(offsets)} records, removed {removed['exact']} exact and {removed['near']} "
+          f"near duplicates (Jaccard >= {a.threshold}), kept {int(keep.sum())} -> {out}"
+          f"{throughput(len(offsets), t0, workers)}")
+
+
+if __name__ == "__main__":
+    configurator.cli(main)

@@ -4,12 +4,14 @@ and the progress line of long work. A kill at any moment leaves each file either
 complete (atomic_write), or with at most its last line torn, which the readers below know how to
 treat.
 
-    from files import atomic_write, append_jsonl, read_jsonl, Progress
+    from files import atomic_write, append_jsonl, read_jsonl, LineReader, Progress
     # the one writer that renames files into place
     atomic_write("results.json", json.dumps(results))
     with open("labels.jsonl", "a") as f:
         append_jsonl(f, {"id": "a.py", "label": 1})  # flushed: a kill loses at most this line
     for lineno, record in read_jsonl("labels.jsonl"): ...
+    path, offsets = input_jsonl(a.args)           # a command's one INPUT file, its lines by offset
+    line = LineReader(path)(offsets[7])           # the 8th record, the others left unread
     bar = Progress("embed", total=n_files, unit="files"); bar.update(100)   # rate and ETA every 2 s
 """
 
@@ -19,6 +21,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from configurator import RunError, UserError
 
@@ -135,6 +139,61 @@ def read_jsonl(path, tail="error"):
 
 
 # -----------------------------------------------------------------------------
+# JSONL at the paper's scale (~1 B tokens of synthetic data in one file): a pass holds only the byte
+# offset of each line and reads a line back when it needs it, so no text stays in memory.
+
+def input_jsonl(args):
+    """The one INPUT file of a command line (its positional arguments) and the byte offsets of its
+    lines, (n,) int64, read without decoding them (records are checked as a pass reads them)."""
+    if len(args) != 1:
+        raise UserError(f"expected one INPUT file, got {' '.join(args) or 'none'}")
+    offsets = np.array([off for _, off, _ in jsonl_lines(args[0])], dtype=np.int64)
+    return args[0], offsets
+
+
+class LineReader:
+    """Random access to the lines of a file by byte offset (one open file; the OS's page cache does
+    the rest)."""
+
+    def __init__(self, path):
+        self.f = open(path, "rb")
+
+    def __call__(self, offset):
+        self.f.seek(int(offset))
+        line = self.f.readline()
+        return line if line.endswith(b"\n") else line + b"\n"   # a last line without its newline
+
+    def close(self):
+        self.f.close()
+
+
+def record_of(item):
+    """A record from (its number, a JSONL line or a dict), checked to have a text; its id defaults
+    to the number. Otherwise a ValueError names the record (the caller adds the file)."""
+    i, x = item
+    if isinstance(x, dict):
+        r = x
+    else:
+        try:
+            r = json.loads(x)
+        except ValueError as e:
+            raise ValueError(f"record {i} is not JSON ({e})") from None
+    if not isinstance(r, dict) or not isinstance(r.get("text"), str):
+        raise ValueError(f"record {i} has no 'text' field")
+    r.setdefault("id", str(i))
+    return r
+
+
+def copy_lines(path, offsets, out):
+    """The lines of `path` at `offsets`, in that order, into `out` (atomically)."""
+    reader = LineReader(path)
+    try:
+        atomic_write(out, lambda f: f.writelines(map(reader, offsets)))
+    finally:
+        reader.close()
+
+
+# -----------------------------------------------------------------------------
 # Progress of long work
 
 def fmt_time(seconds):
@@ -173,6 +232,14 @@ class Progress:
             line = (f"{self.what}: {_amount(self.done)}/{_amount(self.total)}{unit} "
                     f"({self.done / max(self.total, 1e-9):.0%}, {rate:,.1f}{unit}/s, ETA {eta}")
         self.log(line + (f", {extra})" if extra else ")"))
+
+
+def throughput(n, t0, workers):
+    """' in 2.0 s (5000 records/s on 2 workers)': how fast a pass over n records started at t0 went
+    (bench.py reads the rate from this line)."""
+    s = time.time() - t0
+    return (f" in {s:.1f} s ({n / max(s, 1e-9):.0f} records/s on {workers} "
+            f"worker{'s' * (workers > 1)})")
 
 
 def _amount(x):

@@ -19,9 +19,10 @@ line; 5. the vocabularies the constraints are drawn from (topics, audiences, fun
     python synth.py exercises --out=data/exercises.jsonl --n_tokens=2000000 --verify=True --seed=1
     python synth.py exercises --out=data/exercises.jsonl --n_samples=880000 --dry_run=True  # cost
     python synth.py preview exercises --seed=0 --n=3  # the prompts a seed draws, no server needed
-    python synth.py dedup data/exercises.jsonl        # exact + near-duplicate removal (dedup.py)
-    python synth.py decontaminate data/exercises.jsonl --against=humaneval,mbpp.jsonl --tau=0.95,0.9
-    python synth.py report data/exercises.jsonl       # diversity report
+    python synth.py report data/exercises.jsonl       # how diverse: distinct constraints, n-grams
+
+The final pass on its own, on any JSONL file: `python dedup.py FILE.jsonl` and `python
+decontaminate.py FILE.jsonl` (each with --help).
 
 Generation files, for --out=X.jsonl: X.raw.jsonl (append-only, one JSON line per accepted record,
 flushed per record; a killed run resumes from it, reading only the head of each line),
@@ -42,7 +43,6 @@ import os
 import random
 import re
 import sys
-import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -52,11 +52,12 @@ import numpy as np
 
 import configurator
 from configurator import RunError, UserError
-from decontaminate import (NGRAM, TAU, code_blocks, combined, decontaminate_lines, load_benchmarks,
-                           summary)
-from dedup import (DistinctCount, LineReader, copy_lines, dedup_lines, default_workers,
-                   ngram_hashes, record_of, word_hashes)
-from files import Progress, append_jsonl, atomic_write, jsonl_lines
+from decontaminate import (AGAINST, TAU, TAUS, code_blocks, combined, decontaminate_lines,
+                           load_benchmarks, parse_against, parse_taus, summary)
+from dedup import (THRESHOLD, WORKERS, DistinctCount, dedup_lines, default_workers, ngram_hashes,
+                   word_hashes)
+from files import (LineReader, Progress, append_jsonl, atomic_write, input_jsonl, jsonl_lines,
+                   record_of)
 from llm import LLMClient, LLMError
 from sandbox import run_programs
 from tokenizer import get_tokenizer
@@ -66,7 +67,6 @@ MODEL = "gpt-3.5-turbo"
 CONCURRENCY = 8
 TEMPERATURE = 1.0        # the paper is silent; 1.0 adds diversity on top of the drawn constraints
 MAX_TOKENS = {"textbook": 1024, "exercises": 512}
-NEAR_DUP_JACCARD = 0.8   # word 5-gram shingles; the paper is silent on deduplicating synthetic data
 GIVE_UP_AFTER = 200      # rejected outputs in a row after which a run stops: the model can't follow
 
 
@@ -238,7 +238,7 @@ class Settings:
     verify: bool = False            # exercises: ask for asserts and run them in the sandbox
     against: tuple = ("humaneval",)  # benchmarks to decontaminate against; (): none
     tau: tuple = (TAU,)             # AST thresholds: each one reported, the first one applied
-    near_threshold: float = NEAR_DUP_JACCARD
+    near_threshold: float = THRESHOLD  # dedup.py's word 5-gram Jaccard (the paper is silent)
     workers: int = None             # processes of the final pass; None: all cores
     dry_run: bool = False           # print the plan and its cost, send nothing
 
@@ -264,11 +264,13 @@ def generate(s, log=None):
     done, n_kept, resumed = read_done(s, p, count_tokens)
     n_rejected = sum(v == 0 for v in done.values())
     ledger = Ledger(done, s.n_samples or s.n_tokens, bool(s.n_tokens), s.max_tokens)
+    dry = " (dry run: nothing is sent or written)" if s.dry_run else ""
     if resumed:
-        print(f"[{s.kind}] seed {s.seed}: resuming with {n_kept} records ({n_rejected} rejected) "
-              f"from {p['raw']}", file=log)
+        print(f"[{s.kind}] seed {s.seed}: {'would resume' if dry else 'resuming'} with {n_kept} "
+              f"records ({n_rejected} rejected) from {p['raw']}{dry}", file=log)
     else:
-        print(f"[{s.kind}] seed {s.seed}: new run -> {p['raw']}", file=log)
+        print(f"[{s.kind}] seed {s.seed}: new run, {'would write' if dry else 'writing'} "
+              f"{p['raw']}{dry}", file=log)
     print_plan(s, ledger, n_rejected, count_tokens, log)
     if s.dry_run:
         return None
@@ -447,9 +449,10 @@ def _head_first(res, tokens=None):
 
 def read_heads(path, repair=True):
     """(kind, seed) pairs seen, and arrays index (n,), tokens (n,; -1 where not stored) and offset
-    (n,) of the records of a raw or rejected file, from the head of each line only."""
+    (n,) of the records of a raw or rejected file, from the head of each line only. A torn last line
+    (a killed run's) is cut off, or without `repair` (a dry run) left as it is and skipped."""
     kinds, index, tokens, offset = set(), [], [], []
-    tail = "repair" if repair else "error"
+    tail = "repair" if repair else "skip"
     for _, off, line in jsonl_lines(path, tail) if Path(path).exists() else ():
         m = _HEAD.match(line)
         if m:
@@ -581,30 +584,28 @@ def diversity(records):
 
 
 # -----------------------------------------------------------------------------
-# 4. The command line: `python synth.py COMMAND [INPUT] --key=value ...` (COMMAND --help: its keys)
+# 4. The command line: `python synth.py COMMAND [ARG] --key=value ...` (COMMAND --help: its keys)
 
+KINDS = ("textbook", "exercises")
 COMMANDS = {
     "textbook": "generate textbook sections (resumable)",
     "exercises": "generate exercises (resumable)",
-    "preview": "preview KIND: print the prompts a seed draws (no server needed)",
-    "dedup": "dedup INPUT: remove exact and near duplicates from a JSONL file",
-    "decontaminate": f"decontaminate INPUT: remove {NGRAM}-gram and AST matches with benchmarks",
-    "report": "report INPUT: the diversity report of a JSONL file",
+    "preview": "preview [KIND]: print the prompts a seed draws (no server needed)",
+    "report": "report INPUT: how diverse a JSONL file is (distinct constraint values, function "
+              "names, word n-grams)",
 }
-WORKERS = (None, "processes (default: all cores)", int)
-AGAINST = ("humaneval", "benchmarks to compare against, comma-separated: humaneval, and "
-           "HumanEval- or MBPP-format .jsonl files")
-TAUS = (str(TAU), "AST match thresholds, e.g. 0.95,0.9,0.85,0.8: the removals of each are "
-        "reported, the first one's applied")
+# what earlier versions had here: one line naming what replaced it
+MOVED = {"dedup": "python dedup.py INPUT", "decontaminate": "python decontaminate.py INPUT"}
 
 
 def main(argv):
+    if argv and argv[0] in MOVED:
+        raise UserError(f"`synth.py {argv[0]}` is now `{MOVED[argv[0]]}` (the same keys)")
     cmd, rest = configurator.pick_command(argv, COMMANDS, __doc__)
-    if cmd in ("textbook", "exercises"):
+    if cmd in KINDS:
         generate_command(cmd, rest)
     else:
-        {"preview": preview_command, "dedup": dedup_command,
-         "decontaminate": decontaminate_command, "report": report_command}[cmd](rest)
+        {"preview": preview_command, "report": report_command}[cmd](rest)
 
 
 def generate_options(kind):
@@ -627,11 +628,11 @@ def generate_options(kind):
         "give_up_after": (GIVE_UP_AFTER, "stop after this many rejected outputs in a row"),
         "verify": (False, "True: ask for asserts and run them in the sandbox; an exercise that "
                    "fails them is rejected"),
+        "decontaminate": (True, "False: skip decontamination (deduplication still runs)"),
         "against": AGAINST,
-        "no_decontaminate": (False, "True: skip decontamination (deduplication still runs)"),
         "tau": TAUS,
         "workers": (None, "processes of the final pass (default: all cores)", int),
-        "dry_run": (False, "True: print the plan and its cost, send nothing"),
+        "dry_run": (False, "True: print the plan and its cost, send nothing, write nothing"),
     }
     if kind == "textbook":
         del options["verify"]
@@ -639,114 +640,48 @@ def generate_options(kind):
 
 
 def generate_command(kind, argv):
+    old = next((x for x in argv if x.partition("=")[0] == "--no_decontaminate"), None)
+    if old:
+        raise UserError(f"{old}: the key is now --decontaminate=True|False "
+                        "(--no_decontaminate=True is --decontaminate=False)")
     a = configurator.parse(argv, generate_options(kind), f"synth.py {kind}: {COMMANDS[kind]}")
     if not a.out:
         raise UserError("--out=PATH is required: where the final JSONL goes")
-    keys = {k: v for k, v in vars(a).items() if k not in ("args", "against", "no_decontaminate",
+    keys = {k: v for k, v in vars(a).items() if k not in ("args", "against", "decontaminate",
                                                           "tau")}
-    against = () if a.no_decontaminate else _sources(a.against)
-    generate(Settings(kind, **keys, against=against, tau=_taus(a.tau)))
+    against = parse_against(a.against) if a.decontaminate else ()
+    generate(Settings(kind, **keys, against=against, tau=parse_taus(a.tau)))
 
 
-PREVIEW_OPTIONS = {"seed": (0, "the run's seed"), "n": (3, "how many prompts"),
+PREVIEW_OPTIONS = {"seed": (0, "the run's seed"), "n": (3, "how many prompts (of each kind)"),
                    "start": (0, "the index of the first one"),
                    "verify": (False, "True: the exercise prompts of a --verify=True run")}
 
 
 def preview_command(argv):
     a = configurator.parse(argv, PREVIEW_OPTIONS, f"synth.py preview: {COMMANDS['preview']}",
-                           args="KIND")
-    kind = _one_arg(a, "KIND", ("textbook", "exercises"))
-    for i in range(a.start, a.start + a.n):
-        c = draw_constraints(kind, a.seed, i)
-        print(f"=== {record_id(kind, a.seed, i)} {json.dumps(c)}")
-        for m in build_messages(kind, c, a.verify):
-            print(f"[{m['role']}] {m['content']}")
-
-
-DEDUP_OPTIONS = {
-    "out": (None, "where the kept records go (default: INPUT with .dedup.jsonl)", str),
-    "threshold": (NEAR_DUP_JACCARD, "near duplicates: word 5-gram Jaccard similarity >= this"),
-    "workers": WORKERS}
-
-
-def dedup_command(argv):
-    a = configurator.parse(argv, DEDUP_OPTIONS, f"synth.py dedup: {COMMANDS['dedup']}",
-                           args="INPUT")
-    path, workers, t0 = _one_arg(a, "INPUT file"), a.workers or default_workers(), time.time()
-    offsets = _input_lines(path)
-    keep, rem = dedup_lines(path, offsets, a.threshold, workers)
-    out = a.out or Path(path).with_suffix(".dedup.jsonl")
-    copy_lines(path, offsets[keep], out)
-    print(f"dedup: {len(offsets)} records, removed {rem['exact']} exact and {rem['near']} near "
-          f"duplicates (Jaccard >= {a.threshold}), kept {int(keep.sum())} -> {out}"
-          f"{_rate(len(offsets), t0, workers)}")
-
-
-DECONTAMINATE_OPTIONS = {
-    "against": AGAINST, "tau": TAUS,
-    "out": (None, "where the kept records go (default: INPUT with .decontaminated.jsonl); the "
-            "report of the removals goes beside it (.report.json)", str),
-    "workers": WORKERS}
-
-
-def decontaminate_command(argv):
-    a = configurator.parse(argv, DECONTAMINATE_OPTIONS,
-                           f"synth.py decontaminate: {COMMANDS['decontaminate']}", args="INPUT")
-    path, workers, t0 = _one_arg(a, "INPUT file"), a.workers or default_workers(), time.time()
-    taus, bench = _taus(a.tau), load_benchmarks(_sources(a.against))
-    offsets = _input_lines(path)
-    out = Path(a.out or Path(path).with_suffix(".decontaminated.jsonl"))
-    reports, _ = decontaminate_lines(path, offsets, bench, taus, workers, out)
-    atomic_write(out.with_suffix(".report.json"), json.dumps(combined(reports), indent=1))
-    for rep in reports:
-        print(summary(rep))
-    print(f"wrote {reports[0]['kept']} records (tau {taus[0]}) to {out} (removed items and matched "
-          f"tasks: {out.with_suffix('.report.json')}){_rate(len(offsets), t0, workers)}")
+                           args="[KIND]: textbook or exercises (default: both)")
+    if len(a.args) > 1 or not set(a.args) <= set(KINDS):
+        raise UserError(f"expected a KIND (textbook or exercises; none: both), got "
+                        f"{' '.join(a.args)}")
+    for kind in a.args or KINDS:
+        for i in range(a.start, a.start + a.n):
+            c = draw_constraints(kind, a.seed, i)
+            print(f"=== {record_id(kind, a.seed, i)} {json.dumps(c)}")
+            for m in build_messages(kind, c, a.verify):
+                print(f"[{m['role']}] {m['content']}")
 
 
 def report_command(argv):
+    """The diversity section of a generation's X.report.json, for any JSONL file: what §2.2's
+    constrained prompts are for. One pass over the lines on all cores: decontaminate.py's, with no
+    benchmark to compare against, measuring what it reads."""
     a = configurator.parse(argv, {"workers": WORKERS}, f"synth.py report: {COMMANDS['report']}",
-                           args="INPUT")
-    path = _one_arg(a, "INPUT file")
-    _, div = decontaminate_lines(path, _input_lines(path), None, (TAU,),
-                                 a.workers or default_workers(), measure=Diversity)
+                           args="INPUT (a JSONL file of records with a `text` field)")
+    path, offsets = input_jsonl(a.args)
+    _, div = decontaminate_lines(path, offsets, None, (TAU,), a.workers or default_workers(),
+                                 measure=Diversity)
     print(json.dumps(div, indent=1))
-
-
-def _one_arg(a, name, choices=None):
-    if len(a.args) != 1 or (choices and a.args[0] not in choices):
-        among = f" ({' or '.join(choices)})" if choices else ""
-        raise UserError(f"expected one {name}{among}, got {' '.join(a.args) or 'none'}")
-    return a.args[0]
-
-
-def _sources(text):
-    sources = [x for x in text.split(",") if x]
-    if not sources:
-        raise UserError(f"--against={text}: name a benchmark, e.g. --against=humaneval")
-    return sources
-
-
-def _taus(text):
-    try:
-        taus = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        taus = ()
-    if not taus or any(t <= 0 for t in taus):
-        raise UserError(f"--tau={text}: expected positive thresholds, e.g. 0.95,0.9,0.85,0.8")
-    return taus
-
-
-def _input_lines(path):
-    """The offsets of the lines of a JSONL input (its records are checked as they are read)."""
-    return np.array([off for _, off, _ in jsonl_lines(path)], dtype=np.int64)
-
-
-def _rate(n, t0, workers):
-    s = time.time() - t0
-    return (f" in {s:.1f} s ({n / max(s, 1e-9):.0f} records/s on {workers} "
-            f"worker{'s' * (workers > 1)})")
 
 
 # -----------------------------------------------------------------------------
