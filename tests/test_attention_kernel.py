@@ -7,6 +7,9 @@ kernels against PyTorch SDPA) run only with CUDA and the interpreter off:
 """
 import math
 import os
+import re
+import subprocess
+import sys
 import sysconfig
 import tempfile
 
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 import triton
 
 import attention_kernel as ak
+import model
 from configurator import RunError, UserError
 
 interpreter_only = pytest.mark.skipif(not ak.INTERPRET, reason="CPU tests need TRITON_INTERPRET=1")
@@ -91,7 +95,7 @@ def run_kernels(q, k, v, do, causal, doc_ids=None, dropout_p=0.0, seed=0, sm_sca
     seed = torch.tensor(seed, dtype=torch.int64)
     o = nan_like_bhtd(q)
     lse = torch.full((B, H, T), float("nan"))
-    ak._forward(q, k, v, o, lse, causal, sm_scale, bounds, dropout_p, seed)
+    ak._forward(q, k, v, o, lse, causal, sm_scale, bounds, dropout_p, seed, deterministic)
     dq, dk, dv = nan_like_bhtd(q), nan_like_bhtd(k), nan_like_bhtd(v)
     delta = torch.full((B, H, T), float("nan"))
     ak._backward(q, k, v, o, lse, do, dq, dk, dv, delta, causal, sm_scale, bounds, dropout_p, seed, deterministic)
@@ -112,6 +116,35 @@ TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=3e-3,
 def assert_all_close(got, want, dtype, names=("o", "lse", "dq", "dk", "dv")):
     for name, a, b in zip(names, got, want):
         torch.testing.assert_close(a.double(), b, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the algorithm in PyTorch (no Triton)
+
+@pytest.mark.parametrize("T,mask_kind", [(48, "causal"), (37, "causal"), (45, "docs"), (30, "full")])
+def test_the_algorithm_in_pytorch_matches_attention_reference(T, mask_kind):
+    """flash_attention_tiles and its backward, the algorithm the kernels mirror, against
+    model.attention_reference and autograd: causal, document-masked, no mask; T a multiple of the
+    tiles (48) or not (the tail blocks of 37, 45, 30)."""
+    B, H, D = 2, 2, 16
+    q, k, v = make_qkv(B, H, T, D, torch.float32, "fused", requires_grad=True)
+    if mask_kind == "docs":
+        mask = model.document_mask(make_doc_ids(B, T, seed=T))  # (B, 1, T, T)
+    else:
+        mask = torch.ones(1, 1, T, T, dtype=torch.bool)
+        mask = mask.tril() if mask_kind == "causal" else mask
+    want = model.attention_reference(q, k, v, mask)
+    do = torch.randn(B, H, T, D)
+    want_grads = torch.autograd.grad(want, (q, k, v), do)
+    o, lse = ak.flash_attention_tiles(q.detach(), k.detach(), v.detach(), mask, BLOCK_M=16, BLOCK_N=8)
+    scores = (q.detach() @ k.detach().transpose(-1, -2) / math.sqrt(D)).masked_fill(~mask, float("-inf"))
+    grads = ak.flash_attention_tiles_backward(q.detach(), k.detach(), v.detach(), mask, o, lse, do,
+                                              BLOCK_M=8, BLOCK_N=16)
+    tol = dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(o, want.detach(), **tol)
+    torch.testing.assert_close(lse, torch.logsumexp(scores, dim=-1) / math.log(2), **tol)
+    for name, got, ref in zip(("dq", "dk", "dv"), grads, want_grads):
+        torch.testing.assert_close(got, ref, **tol, msg=lambda m: f"{name}: {m}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,6 +313,41 @@ def test_deterministic():
         assert torch.equal(a, b)
 
 
+class LaunchSpy:
+    """Stands in for an autotuned kernel's JITFunction (kernel.fn): records each launch's config."""
+
+    def __init__(self, fn):
+        self.fn, self.configs = fn, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.configs.append((kw["BLOCK_M"], kw["BLOCK_N"], kw["num_warps"], kw["num_stages"]))
+            return self.fn[grid](*args, **kw)
+        return launch
+
+
+@interpreter_only
+def test_deterministic_pins_one_config_per_kernel_without_timing(monkeypatch):
+    """deterministic=True launches each kernel in its first candidate config for every shape; the
+    autotuner, which would time the candidates in this process, is never asked."""
+    first = {ak.attn_fwd: (32, 16), ak.attn_bwd: (16, 32), ak.attn_bwd_dq: (32, 16)}
+    spies = {}
+    for kernel, (m, n) in first.items():
+        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=4, num_stages=2),
+                   triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8)]
+        monkeypatch.setattr(kernel, "configs", configs)
+        monkeypatch.setattr(kernel, "run", lambda *a, **k: pytest.fail("autotuned in deterministic mode"))
+        spies[kernel] = LaunchSpy(kernel.fn)
+        monkeypatch.setattr(kernel, "fn", spies[kernel])
+    for T, docs in ((45, None), (70, make_doc_ids(1, 70, seed=1))):
+        q, k, v = make_qkv(1, 2, T, 32, torch.float32, "fused")
+        do = torch.randn(1, 2, T, 32)
+        got = run_kernels(q, k, v, do, True, docs, deterministic=True)
+        assert_all_close(got, reference_with_grads(q, k, v, do, True, doc_ids=docs), torch.float32)
+    for kernel, (m, n) in first.items():
+        assert spies[kernel].configs == [(m, n, 4, 2)] * 2
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # CPU (interpreter): torch.compile traces through the custom ops
 
@@ -319,7 +387,6 @@ def test_custom_ops_pass_opcheck():
 def test_compiled_tiny_phi_trains_through_the_kernel(monkeypatch):
     """A compiled Phi whose attention is our kernel (with documents and dropout) learns a fixed batch, one graph
     for forward and backward; its first loss equals the eager SDPA model's."""
-    import model
     torch.manual_seed(0)
     net = model.Phi(model.PhiConfig.from_preset("nano", n_layer=1, n_head=2, n_embd=32, n_inner=64, vocab_size=64,
                                                 block_size=32))
@@ -328,7 +395,7 @@ def test_compiled_tiny_phi_trains_through_the_kernel(monkeypatch):
     _, sdpa_loss = net(x[:, :-1], x[:, 1:], doc_ids[:, :-1])
     calls = []
 
-    def kernel_attention(q, k, v, dropout_p=0.0, doc_ids=None, mask=None):
+    def kernel_attention(q, k, v, dropout_p=0.0, doc_ids=None, mask=None, kind="auto"):
         calls.append(q.shape)
         return ak.flash_attention(q, k, v, causal=True, doc_ids=doc_ids, dropout_p=dropout_p)
 
@@ -375,21 +442,43 @@ def test_supported_and_clear_errors(monkeypatch):
     assert not ak.flash_attention_supported(x, x, x)
 
 
-def test_benchmark_argument_parsing():
-    args = ak._parse_args([])
-    assert args.shapes == ak.BENCH_SHAPES and args.doc_len == 512 and args.dropout == [0.0, 0.1]
-    assert ak._parse_args(["--shapes=1,2,64,32;2,2,128,64", "--no_flex=True"]).shapes == [(1, 2, 64, 32), (2, 2, 128, 64)]
-    with pytest.raises(UserError, match="--shapes must look like B,H,T,D"):
-        ak._parse_args(["--shapes=1,2,64"])
-    with pytest.raises(UserError, match="--dropout must be probabilities"):
-        ak._parse_args(["--dropout=0,1.5"])
-    with pytest.raises(UserError, match="expected --key=value, got '--no_flex'"):
-        ak._parse_args(["--no_flex"])
-    doc_ids = ak._random_doc_ids(2, 300, 20, "cpu")
+def test_bench_attention_and_sass_arguments():
+    """The kernel's benchmark and instruction counter live in bench.py: bad input is a UserError
+    (one line, exit 2), no GPU a RunError."""
+    import bench
+    args = bench.attention_args([])
+    assert args.shapes == bench.ATTENTION_SHAPES and args.doc_len == 512 and args.dropout == [0.0, 0.1]
+    args = bench.attention_args(["--shapes=1,2,64,32;2,2,128,64", "--no_flex=True"])
+    assert args.shapes == [(1, 2, 64, 32), (2, 2, 128, 64)]
+    for bad, message in (("--shapes=1,2,64", "--shapes must look like B,H,T,D"),
+                         ("--dropout=0,1.5", "--dropout must be probabilities"),
+                         ("--dtype=float32", "choose bfloat16 or float16"),
+                         ("--no_flex", "expected --key=value, got '--no_flex'")):
+        with pytest.raises(UserError, match=message):
+            bench.attention_args([bad])
+    doc_ids = bench.random_doc_ids(2, 300, 20, "cpu")
     assert doc_ids.shape == (2, 300) and (doc_ids.diff(dim=1) >= 0).all() and doc_ids[:, -1].min() > 3
     if ak.INTERPRET or not torch.cuda.is_available():
         with pytest.raises(RunError, match="needs a CUDA GPU"):
-            ak.benchmark(["--no_flex=True"])
+            bench.bench_attention(["--no_flex=True"])
+    for bad in ("--kernels=forward,nope", "--head_dims=48", "--configs=some"):
+        with pytest.raises(UserError):
+            bench.bench_sass([bad])
+
+
+def test_bench_sass_counts_sm90_instructions_without_a_gpu():
+    """`python bench.py sass` compiles a kernel for sm_90 with Triton's ptxas (no GPU) and prints
+    registers, spilled bytes and each loop's instructions, without and with dropout."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    r = subprocess.run([sys.executable, "bench.py", "sass", "--kernels=forward", "--head_dims=64",
+                        "--configs=first"], capture_output=True, text=True, env=env,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = next(line for line in r.stdout.splitlines() if line.startswith("forward"))
+    (no_drop, drop), ratios = re.findall(r"(\d+) / (\d+) / \[([\d, ]+)\]", row), row.split("]")[-1]
+    loops = [[int(n) for n in counts[2].split(",")] for counts in (no_drop, drop)]
+    assert len(loops[0]) == len(loops[1]) >= 2 and all(b > a for a, b in zip(*loops))
+    assert [float(x) for x in ratios.split()] == [round(b / a, 2) for a, b in zip(*loops)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
