@@ -10,16 +10,21 @@ The files of a train.py run, and what survives a fault. An out_dir holds one run
 A checkpoint is written through files.atomic_write: a kill, a full disk or a second Ctrl-C during a
 save leaves the previous one intact (a full disk is one error line, exit 1). The first Ctrl-C lets
 the current step finish, writes a checkpoint and exits 130, and `--init_from=resume` continues
-exactly; a second one stops at once. A fresh run is refused in an out_dir that holds another run's
-checkpoint, unless --overwrite=True.
+exactly; a second one stops at once. A fresh run is refused in an out_dir that holds a run's
+checkpoint, unless --overwrite=True; both say the command that continues the run. A run refused
+for bad input leaves the disk as it was: out_dir and its lock are made once data and model are
+ready.
 """
 
 import fcntl
 import json
+import dataclasses
 import math
 import os
+import shlex
 import signal
 import socket
+import sys
 import time
 
 import torch
@@ -63,14 +68,48 @@ def load(path):
     return ckpt
 
 
-def check_fresh(out, overwrite):
-    """A fresh run may not mix its log and checkpoints with another run's: it is refused before
-    anything is touched, unless asked to overwrite."""
+def save_step(out, step, run, proc, resume, keep):
+    """Step's checkpoints: ckpt.pt (all a resume needs) if `resume`, ckpt_NNNNNN.pt (the weights)
+    if `keep`. Every process calls it: the RNG states of all of them go into ckpt.pt."""
+    rngs = rng_states(proc.ddp, proc.world, proc.device_type) if resume else None
+    if not proc.master:
+        return
+    # the plain module's names: no "_orig_mod." (compile) or "module." (DDP) prefix
+    weights = {"model": run.net.state_dict(), "model_args": dataclasses.asdict(run.cfg),
+               "step": step, "val_loss": run.last_val, "config": run.config}
+    if resume:
+        data = {"caches": [str(c) for c in run.caches], "tokens_seen": run.seen.tolist(),
+                "world_size": proc.world}
+        save({**weights, "optimizer": run.optimizer.state_dict(), "rng": rngs,
+              "scaler": run.scaler.state_dict(), "data": data}, out / "ckpt.pt")
+    if keep:
+        save(weights, out / f"ckpt_{step:06d}.pt")
+
+
+def resume_command(argv, proc):
+    """The command line that continues this run: the same launcher, script and arguments, with
+    --init_from=resume (multi-node launches keep the user's own torchrun options)."""
+    args = [a for a in argv if not a.startswith(("--init_from=", "--overwrite="))]
+    cmd = shlex.join([sys.argv[0], *args, "--init_from=resume"])
+    if not proc.ddp:
+        return f"python {cmd}"
+    if int(os.environ.get("LOCAL_WORLD_SIZE", proc.world)) == proc.world:  # one node
+        return f"torchrun --standalone --nproc_per_node={proc.world} {cmd}"
+    return f"torchrun <your multi-node options> {cmd}"
+
+
+def check_out_dir(out, resume, overwrite, command):
+    """Before any work, and touching nothing: out_dir is not in use by a live run, and a fresh run
+    does not mix its log and checkpoints with a finished one's unless asked to overwrite."""
+    try:
+        with open(out / "lock") as f:  # read-only: a probe, which changes nothing
+            _take_lock(f, out)
+    except FileNotFoundError:
+        pass
     old = sorted(p.name for p in out.glob("ckpt*.pt")) if out.is_dir() else []
-    if old and not overwrite:
-        raise UserError(f"{out} holds another run's checkpoint ({old[0]}): continue it with "
-                        "--init_from=resume, choose another --out_dir, or start afresh over it "
-                        "with --overwrite=True")
+    if old and not resume and not overwrite:
+        raise UserError(f"{out} holds a run ({old[0]}): continue it with `{command}`, choose "
+                        "another --out_dir, or start afresh over it with --overwrite=True")
 
 
 def lock_out_dir(out):
@@ -79,13 +118,7 @@ def lock_out_dir(out):
     never blocks the next one."""
     out.mkdir(parents=True, exist_ok=True)
     f = open(out / "lock", "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        raise UserError(f"{out} is in use by another run ({holder}); wait for it to end or choose "
-                        "another --out_dir")
+    _take_lock(f, out)
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -93,6 +126,16 @@ def lock_out_dir(out):
     for debris in out.glob("*.tmp"):  # a save that a SIGKILL cut short
         debris.unlink()
     return f
+
+
+def _take_lock(f, out):
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        raise UserError(f"{out} is in use by another run ({holder}); wait for it to end or choose "
+                        "another --out_dir") from None
 
 
 def open_log(out, ckpt, overwrite, log):

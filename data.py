@@ -534,7 +534,9 @@ def draw(lengths, probs, batch, block, seed, *stream):
     resumed run, or another number of processes, draws exactly the same."""
     rng = np.random.default_rng([seed, *stream])
     which = rng.choice(len(probs), size=batch, p=probs)                        # (B,)
-    starts = rng.integers(0, np.asarray(lengths)[which] - block - 1)          # (B,)
+    # a window is block + 1 tokens (inputs and their next tokens): the last one starts at
+    # length - block - 1, and integers' upper bound is exclusive
+    starts = rng.integers(0, np.asarray(lengths)[which] - block)              # (B,)
     return which, starts
 
 

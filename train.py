@@ -22,8 +22,7 @@ Tokens/s and MFU on random tokens: `python bench.py train --model=phi-1 --compil
 import dataclasses
 import math
 import os
-import sysconfig
-import tempfile
+import re
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -38,9 +37,10 @@ import checkpoint
 import configurator
 from configurator import UserError
 from data import draw, load_mixture, parse_sources, prepare_all, tokens_drawn
+from devices import processes, setup_device
 from eval import benchmark_loss, load_problems
 from files import append_jsonl, fmt_time
-from model import PRESETS, Phi, PhiConfig
+from model import ATTENTION_KINDS, PRESETS, Phi, PhiConfig
 from tokenizer import EOT, get_tokenizer
 from weights import load_model
 
@@ -50,11 +50,13 @@ _names_before_config = set(globals())
 out_dir = "out"               # checkpoints (ckpt.pt; kept ones as ckpt_NNNNNN.pt) and log.jsonl
 overwrite = False             # replace the run (checkpoints, log) of an out_dir: else it is refused
 eval_interval = 25            # steps between validation-loss estimates (also at step 0)
-eval_iters = 8                # micro-batches per validation-loss estimate (the same ones each time)
+eval_iters = 8                # micro-batches per validation-loss estimate: the same ones each time,
+                              # whatever the number of processes (they split them)
 eval_problems = ""            # the benchmark loss at each evaluation too: humaneval, mbpp, .jsonl
 log_interval = 10             # steps between printed lines; log.jsonl gets every step
 ckpt_interval = 0             # steps between checkpoints (also at the end, at Ctrl-C); 0 = evals'
-keep_ckpts = ""               # keep these steps' weights as ckpt_NNNNNN.pt: "24000,30000", "all"
+keep_ckpts = ""               # keep these steps' weights as ckpt_NNNNNN.pt: "24000,30000" (written
+                              # whatever the interval), "all" (every checkpoint's)
 init_from = "scratch"         # "scratch", "resume" (out_dir/ckpt.pt), or weights to finetune: a
                               # checkpoint, an out_dir or a Hugging Face directory
 sample_prompt = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'  # at the end
@@ -95,6 +97,8 @@ recipe = ""                   # "pretrain", "finetune": the paper's runs (RECIPE
 device = "auto"               # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1"
 dtype = "auto"                # "auto" (GPU bfloat16, CPU float32), float32, bfloat16, float16
 compile = False               # torch.compile the model (worth it on GPUs; slow to start)
+attention = "auto"            # "auto" (our Triton kernel on GPUs where it supports the shape, else
+                              # PyTorch's SDPA), "triton", "sdpa": the same function and weights
 seed = 1337                   # seeds the weights, the batches and dropout
 deterministic = False         # bitwise-reproducible GPU steps (exact resume there): the attention
                               # kernel's deterministic backward and torch's deterministic
@@ -105,19 +109,20 @@ config_keys = [k for k in globals() if k not in _names_before_config and not k.s
 # §2.3. Global batches are in sequences of block_size tokens (1024 x 2048 = 2 M tokens per step
 # for pretraining). batch_size is the micro-batch per GPU, which the paper does not give (DeepSpeed
 # on 8 A100s): lower it if memory runs out; gradient accumulation keeps the global batch. Kept
-# checkpoints hold only the weights (5.7 GB for phi-1).
+# checkpoints hold only the weights (5.7 GB for phi-1). eval_iters=160: 20 micro-batches per GPU
+# on 8 GPUs, 2.6 M validation tokens (the paper is silent).
 RECIPES = {
     "pretrain": dict(model="phi-1", block_size=2048, dropout=0.1, global_batch_size=1024,
                      batch_size=8, learning_rate=1e-3, warmup_iters=750, weight_decay=0.1,
-                     max_iters=36_000, lr_schedule="linear", eval_interval=500, eval_iters=20,
+                     max_iters=36_000, lr_schedule="linear", eval_interval=500, eval_iters=160,
                      ckpt_interval=1000, keep_ckpts="24000"),  # phi-1-base: the step-24,000 weights
     "finetune": dict(model="phi-1", block_size=2048, dropout=0.1, global_batch_size=256,
                      batch_size=8, learning_rate=1e-4, warmup_iters=50, weight_decay=0.01,
-                     max_iters=6000, lr_schedule="linear", eval_interval=500, eval_iters=20,
+                     max_iters=6000, lr_schedule="linear", eval_interval=500, eval_iters=160,
                      ckpt_interval=1000, keep_ckpts="all"),  # pick the best later
 }
 CHOICES = {"lr_schedule": ("linear", "cosine"), "dtype": ("auto", "float32", "bfloat16", "float16"),
-           "recipe": ("", *RECIPES), "model": tuple(PRESETS)}
+           "recipe": ("", *RECIPES), "model": tuple(PRESETS), "attention": ATTENTION_KINDS}
 POSITIVE = ("eval_interval", "eval_iters", "log_interval", "block_size", "batch_size",
             "gradient_accumulation_steps", "max_iters")
 
@@ -137,11 +142,11 @@ def main(argv):
     accum = derive_accumulation(global_batch_size, batch_size, proc.world,
                                 gradient_accumulation_steps)
 
-    # ---- out_dir holds one run (checkpoint.py), checked before any tokenizing
-    out = Path(out_dir)
-    if init_from != "resume":
-        checkpoint.check_fresh(out, overwrite)
-    proc.lock = checkpoint.lock_out_dir(out) if proc.master else None  # held while main() runs
+    # ---- out_dir holds one run (checkpoint.py), checked before any tokenizing; bad input (here
+    # or while tokenizing) leaves the disk as it was: out_dir is made only once all is ready
+    out, command = Path(out_dir), checkpoint.resume_command(argv, proc)
+    if proc.master:  # one process probes the lock: two at once would see each other's probe
+        checkpoint.check_out_dir(out, init_from == "resume", overwrite, command)
     ckpt = checkpoint.load(out / "ckpt.pt") if init_from == "resume" else None
 
     # ---- data (before the process group starts: tokenizer workers never fork a process with NCCL)
@@ -156,7 +161,10 @@ def main(argv):
 
     # ---- model and optimizer
     net, cfg = build_model(config, ckpt)
-    net.to(proc.dev)
+    try:
+        net.to(proc.dev).set_attention(attention)
+    except ValueError as e:
+        raise UserError(str(e))
     optimizer = net.configure_optimizers(weight_decay, learning_rate, (beta1, beta2),
                                          proc.device_type)
     scaler = torch.amp.GradScaler(proc.device_type, enabled=proc.dtype == "float16")  # for fp16
@@ -164,24 +172,28 @@ def main(argv):
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-    # `net` is the plain module (checkpoints, generation); `runner` runs forward and backward
-    runner = torch.compile(net) if compile else net
+    # `net` is the plain module (checkpoints, generation); `runner` runs forward and backward;
+    # `evaluator` is runner without DDP, whose forward may not be run a different number of times
+    # on each process
+    runner = evaluator = torch.compile(net) if compile else net
     if proc.ddp:
         runner = DDP(runner, device_ids=[proc.local_rank] if proc.device_type == "cuda" else None)
-    log(describe_run(net, cfg, proc, accum))
+    log(describe_run(net, cfg, proc, accum, ckpt))
 
-    # ---- the log and dropout's RNG: as the checkpoint left them, or fresh
+    # ---- the lock, the log and dropout's RNG: as the checkpoint left them, or fresh
+    proc.lock = checkpoint.lock_out_dir(out) if proc.master else None  # held while main() runs
     log_file = checkpoint.open_log(out, ckpt, overwrite, log) if proc.master else None
-    last_val = ckpt["val_loss"] if ckpt is not None else None
+    run = SimpleNamespace(net=net, cfg=cfg, optimizer=optimizer, scaler=scaler, config=config,
+                          caches=caches, seen=seen, last_val=ckpt["val_loss"] if ckpt else None)
     checkpoint.restore_rng(ckpt, proc.rank, proc.world, proc.device_type, seed)
     del ckpt
-    keep = "all" if keep_ckpts == "all" else {int(s) for s in keep_ckpts.split(",") if s.strip()}
+    kept_steps = {int(s) for s in keep_ckpts.split(",") if s.strip()} if keep_ckpts != "all" else ()
     if start == 0:
-        last_val = val_loss(runner, val_data, probs, proc)
-        record = {"step": 0, "val_loss": last_val}
+        run.last_val = val_loss(evaluator, val_data, probs, proc)
+        record = {"step": 0, "val_loss": run.last_val}
         if benchmarks:
             record["bench_loss"] = bench_losses(net, benchmarks, proc)
-        log(f"step 0: val loss {last_val:.4f}" + bench_text(record))
+        log(f"step 0: val loss {run.last_val:.4f}" + bench_text(record))
         if proc.master:
             append_jsonl(log_file, record)
     ctrl_c = checkpoint.CtrlC(out / "ckpt.pt", start, 1.0 if proc.ddp else 0.0)  # see its doc
@@ -234,30 +246,21 @@ def main(argv):
         if mfu is not None:
             record["mfu"] = round(mfu, 4)
         if step % eval_interval == 0 or step == max_iters:
-            last_val = record["val_loss"] = val_loss(runner, val_data, probs, proc)
+            run.last_val = record["val_loss"] = val_loss(evaluator, val_data, probs, proc)
             if benchmarks:
                 record["bench_loss"] = bench_losses(net, benchmarks, proc)
         if proc.master:
             append_jsonl(log_file, record)
-        if step % (ckpt_interval or eval_interval) == 0 or step == max_iters or stop:
-            rngs = checkpoint.rng_states(proc.ddp, proc.world, proc.device_type)
-            if proc.master:
-                # the plain module's names: no "_orig_mod." (compile) or "module." (DDP) prefix
-                weights = {"model": net.state_dict(), "model_args": dataclasses.asdict(cfg),
-                           "step": step, "val_loss": last_val, "config": config}
-                data_state = {"caches": [str(c) for c in caches], "tokens_seen": seen.tolist(),
-                              "world_size": proc.world}
-                checkpoint.save({**weights, "optimizer": optimizer.state_dict(), "rng": rngs,
-                                 "scaler": scaler.state_dict(), "data": data_state},
-                                out / "ckpt.pt")
-                if keep == "all" or step in keep:
-                    checkpoint.save(weights, out / f"ckpt_{step:06d}.pt")
+        due = step % (ckpt_interval or eval_interval) == 0 or step == max_iters or stop
+        keep = step in kept_steps or (keep_ckpts == "all" and due)  # whatever the interval
+        if due or keep:
+            checkpoint.save_step(out, step, run, proc, resume=due, keep=keep)
             ctrl_c.saved(out / "ckpt.pt")
         if stop:
             if proc.ddp:
                 dist.barrier()  # no process exits (torchrun would stop the others) before the save
-            raise KeyboardInterrupt(f"checkpoint of step {step} written to {out / 'ckpt.pt'}: "
-                                    "continue with --init_from=resume")
+            raise KeyboardInterrupt(f"checkpoint of step {step} written to {out / 'ckpt.pt'}; "
+                                    f"continue with: {command}")
         if step == start + 2:
             t_ref = time.time()
         per_step = (time.time() - t_ref) / (step - start - 2) if step > start + 2 else dt
@@ -268,7 +271,7 @@ def main(argv):
     if proc.master:
         log_file.close()
         log(f"done: {max_iters - start} steps in {fmt_time(time.time() - t_run)}, final val loss "
-            f"{last_val:.4f}, checkpoint {out / 'ckpt.pt'} | tokens seen: " + ", ".join(
+            f"{run.last_val:.4f}, checkpoint {out / 'ckpt.pt'} | tokens seen: " + ", ".join(
                 f"{p} {n:,} ({n / len(t):.2f} epochs)" for p, n, t in zip(paths, seen, train_data)))
         if sample_tokens:
             print_sample(net, cfg, proc)
@@ -294,6 +297,8 @@ def parse_config(argv, defaults):
     for key in POSITIVE:
         if config[key] <= 0:
             raise UserError(f"{key}={config[key]} must be positive")
+    if not re.fullmatch(r"all|[\d,\s]*", config["keep_ckpts"]):
+        raise UserError(f"keep_ckpts={config['keep_ckpts']!r}: steps like 24000,30000, or all")
     if not 0 < config["val_fraction"] < 1:
         raise UserError(f"val_fraction={config['val_fraction']} must be between 0 and 1")
     return config
@@ -320,44 +325,23 @@ def get_lr(step, max_lr, warmup, decay_end, final_lr, schedule):
     return final_lr + coeff * (max_lr - final_lr)
 
 
+def schedule_change(old, step):
+    """A warning when a resumed run's learning-rate schedule is not its checkpoint's (else None):
+    the schedule follows the settings, so a new max_iters re-stretches the decay from here on."""
+    def schedule(c):
+        return (c["learning_rate"], c["warmup_iters"], c["lr_decay_iters"] or c["max_iters"],
+                c["min_lr"], c["lr_schedule"])
+    new = {k: globals()[k] for k in config_keys}
+    if schedule(old) == schedule(new):
+        return None
+    was, now = (get_lr(step + 1, *schedule(c)) for c in (old, new))
+    return (f"the learning-rate schedule differs from the checkpoint's: step {step + 1} gets "
+            f"{now:.2e} where it had {was:.2e}; to continue on the checkpoint's schedule pass "
+            f"--lr_decay_iters={old['lr_decay_iters'] or old['max_iters']} (and its other lr keys)")
+
+
 # -----------------------------------------------------------------------------
-# Processes, devices and the model
-
-def processes():
-    """This process's rank, local rank (its GPU) and the number of processes, from torchrun."""
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank, local, world = (int(os.environ[k]) if ddp else d for k, d in
-                          (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
-    return SimpleNamespace(ddp=ddp, rank=rank, local_rank=local, world=world, master=rank == 0)
-
-
-def setup_device(proc, device, dtype, compiled):
-    """Add the device, the dtype's name and the autocast context to `proc`."""
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    if dev.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"device={device} but CUDA is not available")
-        if proc.ddp:
-            dev = f"cuda:{proc.local_rank}"
-        torch.cuda.set_device(dev)
-    device_type = "cuda" if dev.startswith("cuda") else "cpu"
-    dtype_name = ("bfloat16" if device_type == "cuda" else "float32") if dtype == "auto" else dtype
-    if device_type == "cpu" and dtype_name == "float16":
-        raise UserError("dtype=float16 needs a GPU; use float32 or bfloat16 on CPU")
-    # torch.compile on a CPU builds C++ with a command line that torch splits at spaces (paths are
-    # not quoted): it cannot link when torch, Python or the compiler's cache (in TMPDIR, unless
-    # TORCHINDUCTOR_CACHE_DIR) lives under a path with a space
-    spaced = [p for p in (os.path.dirname(torch.__file__), sysconfig.get_path("include"),
-                          os.environ.get("TORCHINDUCTOR_CACHE_DIR") or tempfile.gettempdir())
-              if " " in p]
-    if compiled and device_type == "cpu" and spaced:
-        raise UserError(f"compile=True on a CPU cannot link from {spaced[0]} (a space breaks "
-                        "torch's C++ build): use a virtualenv without spaces, or --compile=False")
-    proc.dev, proc.device_type, proc.dtype = dev, device_type, dtype_name
-    proc.autocast = nullcontext() if dtype_name == "float32" else \
-        torch.autocast(device_type, dtype=getattr(torch, dtype_name))
-    return proc
-
+# The model
 
 def build_model(c, ckpt):
     """(the model, its config): the resume checkpoint's, a preset with this run's overrides
@@ -386,25 +370,32 @@ def build_model(c, ckpt):
             pretrained = load_model(c["init_from"])
         except (FileNotFoundError, KeyError, RuntimeError) as e:
             raise UserError(f"init_from={c['init_from']}: {e}")
+        check_block_size(c["block_size"], pretrained.config.block_size, c["init_from"])
         cfg = dataclasses.replace(pretrained.config, block_size=c["block_size"],
                                   attn_pdrop=c["dropout"], resid_pdrop=c["dropout"])
         net = Phi(cfg)
         net.load_state_dict(pretrained.state_dict())
-    if cfg.block_size < c["block_size"]:
-        raise UserError(f"block_size={c['block_size']} exceeds the checkpoint's {cfg.block_size}")
+    check_block_size(c["block_size"], cfg.block_size, "the checkpoint")
     return net, cfg
 
 
-def describe_run(net, cfg, proc, accum):
+def check_block_size(wanted, trained, what):
+    """Rotary positions past the trained context were never learned: refuse, do not extrapolate."""
+    if wanted > trained:
+        raise UserError(f"block_size={wanted} exceeds the {trained} tokens {what} was trained on: "
+                        f"pass --block_size={trained} or less")
+
+
+def describe_run(net, cfg, proc, accum, ckpt):
     """The line that opens a run (with warnings about the settings, if any)."""
-    warnings = []
+    warnings = [schedule_change(ckpt["config"], ckpt["step"])] if ckpt is not None else []
     if recipe == "finetune" and init_from == "scratch":
         warnings.append("the finetune recipe starts from phi-1-base: pass --init_from=<it>")
     if max_iters < warmup_iters:
         last = get_lr(max_iters, learning_rate, warmup_iters, max_iters, min_lr, lr_schedule)
         warnings.append(f"max_iters={max_iters} < warmup_iters={warmup_iters}: the learning rate "
                         f"stops at {last:.2e} and never reaches its peak {learning_rate:.2e}")
-    return "".join(f"warning: {w}\n" for w in warnings) + (
+    return "".join(f"warning: {w}\n" for w in warnings if w) + (
         f"model: {model if init_from == 'scratch' else init_from}, "
         f"{net.get_num_params() / 1e6:.1f} M parameters, {cfg.n_layer} layers x {cfg.n_embd} wide "
         f"| {proc.world} process(es) on {proc.dev}, {proc.dtype}{', compiled' if compile else ''} "
@@ -429,23 +420,26 @@ def document_ids(x):
 
 
 @torch.no_grad()
-def val_loss(runner, val_data, probs, proc):
-    """The mean loss of eval_iters micro-batches per process, the same ones at every evaluation."""
-    runner.eval()
+def val_loss(model, val_data, probs, proc):
+    """The mean loss of one fixed set of eval_iters micro-batches, split among the processes: the
+    same sequences at every evaluation and on any number of processes, so that a run resumed on
+    another number of GPUs continues the same curve."""
+    model.eval()
     total = torch.zeros((), device=proc.dev)
-    for k in range(eval_iters):
+    for k in range(proc.rank, eval_iters, proc.world):
         x, y = (t.to(proc.dev) for t in
-                get_batch(val_data, probs, batch_size, block_size, seed, 1, proc.rank, k))
+                get_batch(val_data, probs, batch_size, block_size, seed, 1, 0, k))
         with proc.autocast:
-            total += runner(x, y, doc_ids=document_ids(x) if doc_mask else None)[1].float()
+            total += model(x, y, doc_ids=document_ids(x) if doc_mask else None)[1].float()
     if proc.ddp:
         dist.all_reduce(total)
-    runner.train()
-    return total.item() / eval_iters / proc.world
+    model.train()
+    return total.item() / eval_iters
 
 
 def read_benchmarks(spec):
-    """eval_problems -> {name: problems}: humaneval (offline), mbpp (downloaded), .jsonl by stem."""
+    """eval_problems -> {name: problems}: humaneval, mbpp (both ship with the project), or a .jsonl
+    of problems named by its stem."""
     benchmarks = {}
     for source in filter(None, (s.strip() for s in spec.split(","))):
         name = source if source in ("humaneval", "mbpp") else Path(source).name.split(".")[0]

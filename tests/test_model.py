@@ -328,6 +328,40 @@ def test_stop_strings_and_eos_end_a_row():
     assert ended == free[:free.index(eos)]
 
 
+def test_generation_under_bf16_autocast_over_fp32_weights():
+    """A bf16 training run samples with fp32 master weights under autocast: the KV cache holds what the
+    projections produce (bf16), not the weights' dtype."""
+    model = _trained_ish_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.generate([[5, 6, 7], [8]], max_new_tokens=6, temperature=0.8, seed=1, eos_token_id=None)
+    assert [len(o) for o in out] == [6, 6] and model.lm_head.weight.dtype == torch.float32
+
+
+def test_generate_without_a_seed_leaves_the_global_rngs_alone():
+    """Dropout's stream (the global RNG) is what an exact resume restores: sampling must not reseed it."""
+    model = _trained_ish_model()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    a = model.generate([[1, 2, 3]], max_new_tokens=4, temperature=1.0, eos_token_id=None)  # seed=None
+    assert torch.equal(torch.rand(3), expected) and len(a[0]) == 4
+
+
+def test_attention_is_a_choice_of_kernel_not_of_weights():
+    torch.manual_seed(0)
+    model = Phi(PhiConfig.from_preset("nano"))
+    x = torch.randint(0, 1000, (2, 17))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    auto = model(x[:, :-1], x[:, 1:])[1]
+    sdpa = model.set_attention("sdpa")(x[:, :-1], x[:, 1:])[1]  # on a CPU both are SDPA
+    assert torch.equal(auto, sdpa) and all(layer.self_attn.kind == "sdpa" for layer in model.layers)
+    assert model.state_dict().keys() == state.keys()  # nothing added to what a checkpoint holds
+    with pytest.raises(ValueError, match="attention=triton needs a CUDA GPU"):
+        model.set_attention("triton")
+    with pytest.raises(ValueError, match="choose one of auto, triton, sdpa"):
+        model.set_attention("flash")
+
+
 def test_generate_rejects_bad_lengths():
     model = _trained_ish_model()
     with pytest.raises(ValueError, match="exceeds block_size"):
@@ -350,6 +384,22 @@ def test_cuda_attention_runs_the_triton_kernel_and_matches_the_reference():
         out = attention(q, k, v, doc_ids=doc_ids)
     ref = attention_reference(q.double(), k.double(), v.double(), document_mask(doc_ids))
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@needs_cuda
+def test_cuda_triton_and_sdpa_attention_give_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = Phi(PhiConfig.from_preset("tiny")).cuda()
+    x = torch.randint(0, 1000, (2, 129), device="cuda")
+    results = []
+    for kind in ("triton", "sdpa"):
+        model.set_attention(kind).zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(x[:, :-1], x[:, 1:])[1]
+        loss.backward()
+        results.append((loss.item(), model.layers[0].self_attn.qkv_proj.weight.grad.clone()))
+    (l1, g1), (l2, g2) = results
+    assert abs(l1 - l2) < 1e-2 * l2 and ((g1 - g2).norm() / g2.norm()).item() < 5e-2
 
 
 @needs_cuda

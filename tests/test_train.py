@@ -8,6 +8,7 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -146,6 +147,12 @@ def test_mixture_weights_and_draws():
     assert (x == torch.from_numpy(which)[:, None]).all() and (y == x).all()
 
 
+def test_every_window_of_a_stream_is_drawn_its_last_token_included():
+    # a stream of block + 3 tokens has 3 windows of block + 1 tokens: starts 0, 1 and 2
+    starts = np.concatenate([data.draw([19], np.ones(1), 64, 16, 7, 0, step, 0)[1] for step in range(20)])
+    assert set(starts.tolist()) == {0, 1, 2}
+
+
 # ---------------------------------------------------------------------------- runs (subprocesses)
 
 def test_tiny_run_loss_falls_cache_reused_and_finetune(corpus, tmp_path):
@@ -210,7 +217,25 @@ def test_ddp_two_processes_equal_one_with_twice_the_accumulation(corpus, textboo
         torch.testing.assert_close(ddp[k], single[k], rtol=1e-4, atol=1e-5, msg=k)
     losses = lambda d: [e["loss"] for e in read_log(tmp_path / d)[1:]]
     assert losses("ddp") == pytest.approx(losses("single"), rel=1e-5)
+    # the validation loss too: one fixed set of sequences, split between the two processes
+    vals = lambda d: [e["val_loss"] for e in read_log(tmp_path / d) if "val_loss" in e]
+    assert len(vals("ddp")) == 2 and vals("ddp") == pytest.approx(vals("single"), rel=1e-6)
     assert read_log(tmp_path / "ddp")[-1]["tokens_seen"] == read_log(tmp_path / "single")[-1]["tokens_seen"]
+
+
+def test_a_run_stopped_on_two_processes_continues_the_same_curve_on_one(corpus, tmp_path):
+    """Resumed on another number of processes (the global batch kept by accumulation), a run continues the
+    curve of the run that was never stopped: the same training batches and the same validation set."""
+    common = [*NANO, f"--data={corpus}", "--eval_interval=2", "--lr_decay_iters=4", "--warmup_iters=1"]
+    ok(run([*common, "--out_dir=full", "--max_iters=4", "--gradient_accumulation_steps=2"], tmp_path))
+    ok(run([*common, "--out_dir=moved", "--max_iters=2"], tmp_path, torchrun=True))
+    ok(run([*common, "--out_dir=moved", "--max_iters=4", "--gradient_accumulation_steps=2",
+            "--init_from=resume"], tmp_path))
+    full, moved = read_log(tmp_path / "full"), read_log(tmp_path / "moved")
+    assert [e["step"] for e in moved] == [0, 1, 2, 3, 4]
+    for key in ("loss", "val_loss"):
+        pairs = [(m[key], f[key]) for m, f in zip(moved, full) if key in f]
+        assert len(pairs) >= 3 and all(m == pytest.approx(f, rel=1e-5) for m, f in pairs), (key, pairs)
 
 
 def test_bench_train_runs_on_cpu(tmp_path):
@@ -218,23 +243,29 @@ def test_bench_train_runs_on_cpu(tmp_path):
                            "--batch_size=2", "--bench_steps=2"], cwd=tmp_path, env=ENV, capture_output=True,
                           text=True, timeout=240))
     assert "tokens/s" in r.stdout and "MFU n/a" in r.stdout
+    # both attention kinds, side by side: the Triton kernel says why it was not timed on a CPU
+    assert "attention triton, batch 2 x 32 per process, 1 x cpu, float32: n/a (the Triton kernel needs" in r.stdout
+    assert re.search(r"attention sdpa, .*: [\d,]+ tokens/s", r.stdout), r.stdout
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "not_utf8", "bad_type", "unknown_key"])
+@pytest.mark.parametrize("case", ["missing", "empty", "not_utf8", "bad_type", "unknown_key", "triton_on_cpu"])
 def test_bad_input_is_one_clear_line(case, tmp_path):
     args = {"missing": ["--data=/no/such/dir"],
             "empty": [f"--data={tmp_path / 'empty.py'}"],
             "not_utf8": [f"--data={tmp_path / 'latin1.py'}"],
             "bad_type": ["--max_iters=1.5"],
-            "unknown_key": ["--batchsize=4"]}[case]
+            "unknown_key": ["--batchsize=4"],
+            "triton_on_cpu": ["--attention=triton", "--model=nano", "--block_size=32", "--device=cpu"]}[case]
     (tmp_path / "empty.py").write_text("")
     (tmp_path / "latin1.py").write_bytes("s = 'café'\n".encode("latin-1"))
     r = run([*args, f"--cache_dir={tmp_path / 'cache'}"], tmp_path, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr  # bad input, a missing data source included
+    assert not (tmp_path / "out").exists()  # and nothing on disk changed: no out_dir, no lock in it
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train.py: error:"), r.stderr
     expected = {"missing": "not found: /no/such/dir", "empty": "nothing to train on", "not_utf8": "non-UTF-8 file: 1",
-                "bad_type": "expected int", "unknown_key": "did you mean --batch_size"}[case]
+                "bad_type": "expected int", "unknown_key": "did you mean --batch_size",
+                "triton_on_cpu": "attention=triton needs a CUDA GPU"}[case]
     assert expected in lines[0]
 
 
@@ -420,6 +451,41 @@ def test_benchmark_loss_is_logged_at_each_evaluation(corpus, tmp_path):
     assert bad.stderr.strip() == f"train.py: error: eval_problems: {tmp_path / 'nope.jsonl'}: no such file"
 
 
+def test_a_bf16_run_trains_evaluates_keeps_resumes_and_samples(corpus, tmp_path):
+    """The GPU's dtype path on the CPU: the whole of train.py in bf16 autocast over fp32 weights (loop,
+    validation, benchmark loss, checkpoints, resume, the closing sample with its KV cache). A step named in
+    --keep_ckpts is kept though no checkpoint is due at it; a resume that changes the schedule says so; a
+    finetune past the checkpoint's context is refused and leaves nothing behind."""
+    import eval as E
+    bench = tmp_path / "he2.jsonl"
+    bench.write_text("".join(json.dumps(p) + "\n" for p in list(E.load_problems("humaneval").values())[:2]))
+    common = [f"--data={corpus}", *NANO, "--dtype=bfloat16", "--eval_interval=2", "--warmup_iters=1",
+              f"--eval_problems={bench}", "--sample_tokens=6", "--out_dir=out"]
+    r = ok(run([*common, "--max_iters=4", "--keep_ckpts=3"], tmp_path))
+    assert "cpu, bfloat16" in r.stdout and "sample (temperature 0.8):" in r.stdout and "warning" not in r.stdout
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("ckpt*.pt")) == ["ckpt.pt", "ckpt_000003.pt"]
+    kept = torch.load(out / "ckpt_000003.pt", weights_only=True)
+    assert kept["step"] == 3 and kept["model"]["lm_head.weight"].dtype == torch.float32  # fp32 masters
+    log = read_log(out)
+    assert [e["step"] for e in log if "bench_loss" in e] == [0, 2, 4]
+    assert all(math.isfinite(e.get("loss", e.get("val_loss"))) for e in log)
+    # resumed with a longer max_iters: the linear decay is stretched from step 5 on, and the run says so
+    r = ok(run([*common, "--max_iters=6", "--init_from=resume"], tmp_path))
+    warning = [line for line in r.stdout.splitlines() if line.startswith("warning:")]
+    assert warning == ["warning: the learning-rate schedule differs from the checkpoint's: step 5 gets 6.67e-04 "
+                       "where it had 0.00e+00; to continue on the checkpoint's schedule pass --lr_decay_iters=4 "
+                       "(and its other lr keys)"], r.stdout
+    assert [e["step"] for e in read_log(out)] == list(range(7)) and "sample (temperature" in r.stdout
+    # finetuning a 32-token model on 64-token sequences: rotary positions it never learned
+    r = run([f"--data={corpus}", *NANO, "--block_size=64", "--init_from=out/ckpt_000003.pt", "--out_dir=ft"],
+            tmp_path, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "train.py: error: block_size=64 exceeds the 32 tokens out/ckpt_000003.pt was trained on: pass "
+        "--block_size=32 or less"), r.stderr
+    assert not (tmp_path / "ft").exists()
+
+
 def test_deterministic_mode_runs_and_changes_nothing_on_cpu(corpus, tmp_path):
     """--deterministic=True turns on torch's deterministic algorithms (on GPUs: the kernel's reproducible dQ pass);
     on the CPU, already deterministic, the losses are the same bit for bit."""
@@ -443,6 +509,10 @@ def test_a_fresh_run_over_a_finished_one_is_refused_unless_overwrite(corpus, tmp
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert all(choice in lines[0] for choice in ("--init_from=resume", "--out_dir", "--overwrite=True")), lines[0]
+    # the same run, not "another run's": the command that continues it, every key as given
+    resume = shlex.join(["python", TRAIN, *args, "--cache_dir=fresh", "--init_from=resume"])
+    assert lines[0] == f"train.py: error: out holds a run (ckpt.pt): continue it with `{resume}`, choose " \
+                       "another --out_dir, or start afresh over it with --overwrite=True", lines[0]
     assert "tokenizing" not in r.stdout and not (tmp_path / "fresh").exists()
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before  # as it was
     # --overwrite=True replaces the old run: its checkpoints (the kept ones too) and its log go
@@ -480,9 +550,11 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_continues_exact
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
     _, err = proc.communicate(timeout=60)
     step = torch.load(tmp_path / "stopped" / "ckpt.pt", weights_only=True)["step"]
+    command = shlex.join(["python", TRAIN, *common, "--out_dir=stopped", "--max_iters=100000",
+                          "--init_from=resume"])
     assert proc.returncode == 130 and err.strip().splitlines() == [
-        f"train.py: interrupted; checkpoint of step {step} written to stopped/ckpt.pt: continue with "
-        "--init_from=resume"], err
+        f"train.py: interrupted; checkpoint of step {step} written to stopped/ckpt.pt; continue with: "
+        + command], err
     assert 5 <= step < 12 and read_log(tmp_path / "stopped")[-1]["step"] == step  # the step it was in, finished
     ok(run([*common, "--out_dir=stopped", "--max_iters=12", "--init_from=resume"], tmp_path))
     assert STRIP(read_log(tmp_path / "stopped")) == STRIP(read_log(tmp_path / "full"))  # bit-identical
@@ -582,8 +654,9 @@ def test_ctrl_c_during_slow_saves_ends_in_one_line_every_time(corpus, tmp_path):
             assert sorted(p.name for p in out.iterdir()) == ["lock", "log.jsonl"], attempt
             continue
         step = torch.load(out / "ckpt.pt", weights_only=True)["step"]  # whole, never cut short
-        assert lines[0] in (f"train.py: interrupted; checkpoint of step {step} written to {out.name}/ckpt.pt: "
-                            "continue with --init_from=resume",
+        assert lines[0] in (f"train.py: interrupted; checkpoint of step {step} written to {out.name}/ckpt.pt; "
+                            f"continue with: python -c {' '.join(NANO)} --data={corpus} --cache_dir=cache "
+                            f"--ckpt_interval=1 --out_dir={out.name} --init_from=resume",
                             f"train.py: interrupted; the last checkpoint written whole, {out.name}/ckpt.pt, "
                             "is kept"), (attempt, twice, err)
         assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "lock", "log.jsonl"]
