@@ -1,12 +1,6 @@
 """phi-1's quality filter (§2.1 of "Textbooks Are All You Need"): LLM labels to a filtered corpus.
 
-The paper filters The Stack + StackOverflow down to "textbook quality": GPT-4 labels a sample of
-files for their educational value for a student whose goal is to learn basic coding concepts, and a
-random forest over the output embeddings of a pretrained code model predicts that label for every
-file. This file reads in that order (the judge and its prompt, the embedders, the forest), then runs
-them at the paper's scale (35 M files) in five stages. Each streams the corpus in shards of
---shard_docs files, so memory does not grow with it, and resumes a killed run at its last shard.
-
+python filter.py [STAGE] [--key=value ...]   (no STAGE: all five; STAGE --help: its keys)
   1. load      any source train.py reads (data.py: .py directories, JSONL, .jsonl.gz, Parquet as The
                Stack ships it), exact duplicates dropped, bad inputs skipped and counted
   2. annotate  the LLM judge on any OpenAI-compatible server (--base_url, --model, the key from
@@ -14,15 +8,20 @@ them at the paper's scale (35 M files) in five stages. Each streams the corpus i
                (--dry_run=True: only that); without --base_url a heuristic STAND-IN
   3. embed     a model.py model's mean-pooled final hidden states (--embed_ckpt: a train.py
                checkpoint or a Hugging Face Phi directory), else a TF-IDF STAND-IN; on many GPUs
-  4. fit       the random forest on the labelled files; held-out accuracy, precision, recall, AUC
-  5. apply     score every file, keep those above --threshold (or the top --keep_fraction): the
-               JSONL train.py reads ({"text", "score", "source", "id"}), and a report
+  4. fit       the random forest on the labelled files; on held-out files: AUC, and the threshold
+               that keeps the judge's positive share, with its precision and recall
+  5. apply     score every file, keep those at or above that threshold (or --threshold, or the top
+               --keep_fraction): the JSONL train.py reads ({"text", "score", "source", "id"})
+
+The paper has GPT-4 label a sample of files for their educational value "for a student whose goal
+is to learn basic coding concepts", and a random forest over a pretrained code model's embeddings
+predict that label for every file. This file reads in that order (the judge, the embedders, the
+forest, then quality_filter: all of it on a list of documents), then the same at the paper's scale
+(35 M files) as the stages above, each streaming shards of --shard_docs files and resumable.
 
   python filter.py                             # all stages, offline, on the CPython stdlib
   python filter.py all --input=my_code/ --base_url=http://127.0.0.1:8080/v1 --model=smollm2
-  python filter.py load --input=the-stack/data/python --out_dir=out-stack    # a stage at a time
   torchrun --nproc_per_node=8 filter.py embed --out_dir=out-stack --embed_ckpt=codegen-350M-mono
-  python filter.py annotate --help             # a stage's keys (every setting is --key=value)
   python bench.py filter --n_files=200000      # throughput and peak memory on a generated corpus
 Outputs (in --out_dir, default out-filter/): corpus/, labels.jsonl, embedder.joblib, embeddings/,
 forest.joblib, metrics.json, scores/, filtered.jsonl, report.txt, stats.json.
@@ -58,7 +57,7 @@ from sklearn.model_selection import train_test_split
 
 import configurator
 from configurator import RunError, UserError
-from data import Source
+from data import Source, describe
 from dedup import content_hash
 from files import Progress, append_jsonl, atomic_write, read_jsonl
 from llm import LLMClient, LLMError
@@ -72,6 +71,7 @@ EMBED_MAX_TOKENS = 512     # tokens of each file fed to the embedding model (the
 EMBED_BATCH_TOKENS = 16384  # padded tokens per embedding batch
 MAX_BYTES = 1_000_000      # larger files are data or generated code, not textbooks
 SHARD_DOCS = 10_000        # documents per corpus shard: the unit of embedding, scoring, resuming
+N_TREES, TEST_FRACTION = 300, 0.2  # the forest's size; the labels it holds out to choose its cut
 SEED = 0
 
 
@@ -100,9 +100,7 @@ class LLMJudge:
 
     def __init__(self, client, max_prompt_chars=MAX_PROMPT_CHARS, logprobs=True):
         self.client, self.max_prompt_chars, self.logprobs = client, max_prompt_chars, logprobs
-        self.name = f"llm:{client.model}"
-        self.counts = Counter()
-        self._lock = threading.Lock()
+        self.name, self.counts, self._lock = f"llm:{client.model}", Counter(), threading.Lock()
 
     def messages(self, doc, chars):
         return [{"role": "system", "content": JUDGE_SYSTEM},
@@ -239,8 +237,7 @@ class HeuristicJudge:
                 "rating": None, "score": round(score, 4), "label": int(score >= LABEL_THRESHOLD)}
 
     def map(self, docs):
-        for d in docs:
-            yield d, self.label(d)
+        return ((d, self.label(d)) for d in docs)
 
 
 def data_lines(tree):
@@ -267,13 +264,7 @@ def data_lines(tree):
                 and id(n) not in docstrings)
         if table or text:
             spans.append((n.lineno, n.end_lineno))
-    covered, last = 0, 0
-    for lo, hi in sorted(spans):  # union of the spans: nested literals count once
-        lo = max(lo, last + 1)
-        if hi >= lo:
-            covered += hi - lo + 1
-            last = hi
-    return covered
+    return len(set().union(*(range(lo, hi + 1) for lo, hi in spans)))  # nested ones count once
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,9 +282,7 @@ class ModelEmbedder:
                  batch_tokens=EMBED_BATCH_TOKENS):
         self.ckpt, self.device, self.max_tokens = str(ckpt), device, max_tokens
         self.batch_tokens = batch_tokens
-        self.name = f"model:{Path(self.ckpt).name}"
-        self.id = uuid.uuid4().hex
-        self._model = None
+        self.name, self.id, self._model = f"model:{Path(self.ckpt).name}", uuid.uuid4().hex, None
 
     def __getstate__(self):  # saved with the forest as a recipe (path, settings), never the weights
         return {**self.__dict__, "_model": None}
@@ -352,9 +341,7 @@ class TfidfEmbedder:
 
     def __init__(self, dims=128, max_columns=2 ** 14, fit_sample=5000, seed=SEED):
         self.dims, self.max_columns, self.fit_sample = dims, max_columns, fit_sample
-        self.seed = seed
-        self.name = f"tfidf-svd{dims}-stand-in"
-        self.id = uuid.uuid4().hex
+        self.seed, self.name, self.id = seed, f"tfidf-svd{dims}-stand-in", uuid.uuid4().hex
         self.tfidf = TfidfTransformer(sublinear_tf=True)
         self.columns = self.svd = None
 
@@ -402,29 +389,31 @@ class TfidfEmbedder:
         return self.embed(head_ids(texts))
 
 
-def head_ids(texts, max_tokens=EMBED_MAX_TOKENS):
-    """The first max_tokens phi-1 tokens of each text, tokenized on every core, of its first 8
-    characters a token (code averages ~3: the cut is never reached)."""
-    encode = get_tokenizer().codegen.encode_ordinary_batch  # lists of Python ints: 1024 at a time
-    return [np.asarray(a[:max_tokens], dtype=np.int64) for i in range(0, len(texts), 1024)
-            for a in encode([t[:8 * max_tokens] for t in texts[i:i + 1024]],
-                            num_threads=os.cpu_count() or 1)]
-
-
-def token_counts(texts):
-    """How many phi-1 tokens each text has: the tokens train.py will see."""
+def phi1_tokens(texts):
+    """Each text's phi-1 tokens (the ones train.py will see), tokenized on every core, 1024 texts
+    at a time (lists of Python ints: only those of one batch are held here)."""
     encode = get_tokenizer().codegen.encode_ordinary_batch
-    return [len(a) for i in range(0, len(texts), 1024)
-            for a in encode(texts[i:i + 1024], num_threads=os.cpu_count() or 1)]
+    for i in range(0, len(texts), 1024):
+        yield from encode(texts[i:i + 1024], num_threads=os.cpu_count() or 1)
+
+
+def head_ids(texts, max_tokens=EMBED_MAX_TOKENS):
+    """The first max_tokens tokens of each text, of its first 8 characters a token (code averages
+    ~3: the cut is never reached)."""
+    return [np.asarray(a[:max_tokens], dtype=np.int64)
+            for a in phi1_tokens([t[:8 * max_tokens] for t in texts])]
 
 
 # ------------------------------------------------------------------------------------------------
 # The forest: learns the judge's label from the embeddings, and scores every file
 
-def fit_forest(x, y, n_estimators, test_fraction, seed):
-    """A random forest on labelled embeddings: metrics on a held-out split, then the forest refit
-    on all labels. The paper gives no forest settings; balanced class weights because "textbook
-    quality" is usually the rarer class, and a few samples per leaf against noisy labels."""
+def fit_forest(x, y, n_estimators=N_TREES, test_fraction=TEST_FRACTION, seed=SEED):
+    """A random forest on labelled embeddings, its threshold chosen and its metrics measured on a
+    held-out split, then refit on all labels -> (forest, metrics, held-out (scores, labels)). The
+    paper gives no forest settings: balanced class weights as "textbook quality" is usually the
+    rarer class, a few samples per leaf against noisy labels. Nor a threshold (it kept 6 of 35 B
+    tokens), and these settings compress the probabilities (with 15 % positive labels, 0.5 kept
+    under 1 % of files): the threshold is the held-out score keeping the judge's positive share."""
     y = np.asarray(y)
     counts = np.bincount(y, minlength=2)
     if counts.min() < 2:
@@ -435,18 +424,24 @@ def fit_forest(x, y, n_estimators, test_fraction, seed):
     n_test = max(2, round(test_fraction * len(y)))
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=n_test, stratify=y, random_state=seed)
     clf = RandomForestClassifier(**forest).fit(x_tr, y_tr)
-    p = clf.predict_proba(x_te)[:, list(clf.classes_).index(1)]
-    pred = (p >= 0.5).astype(int)
+    p = clf.predict_proba(x_te)[:, list(clf.classes_).index(1)].round(4)  # as scores/ holds them
+    threshold = np.sort(p)[::-1][max(1, round(y.mean() * len(p))) - 1]
     metrics = {
         "n_labelled": int(len(y)), "n_train": int(len(y_tr)), "n_test": int(len(y_te)),
         "positive_fraction": round(float(y.mean()), 4),
-        "accuracy": round(float(accuracy_score(y_te, pred)), 4),
         "majority_baseline_accuracy": round(float(max(y_te.mean(), 1 - y_te.mean())), 4),
-        "precision": round(float(precision_score(y_te, pred, zero_division=0)), 4),
-        "recall": round(float(recall_score(y_te, pred, zero_division=0)), 4),
         "roc_auc": round(float(roc_auc_score(y_te, p)), 4) if len(set(y_te)) == 2 else None,
-    }
-    return RandomForestClassifier(**forest).fit(x, y), metrics  # the saved one learns every label
+        **held_out_metrics(p, y_te, threshold)}
+    return RandomForestClassifier(**forest).fit(x, y), metrics, (p, y_te)  # refit: every label
+
+
+def held_out_metrics(p, y, threshold):
+    """What keeping the held-out files scored >= threshold keeps, and how well."""
+    kept = (p >= threshold).astype(int)
+    return {"threshold": round(float(threshold), 4), "held_out_kept": round(float(kept.mean()), 4),
+            "accuracy": round(float(accuracy_score(y, kept)), 4),
+            "precision": round(float(precision_score(y, kept, zero_division=0)), 4),
+            "recall": round(float(recall_score(y, kept, zero_division=0)), 4)}
 
 
 def select(scores, threshold, keep_fraction=None):
@@ -458,11 +453,13 @@ def select(scores, threshold, keep_fraction=None):
 
 
 def forest_summary(m):
-    """The forest's held-out metrics in one line."""
+    """The forest's held-out metrics at a threshold in one line."""
     auc = f"{m['roc_auc']:.3f}" if m.get("roc_auc") is not None else "n/a"
-    return (f"held-out accuracy {m['accuracy']:.3f} (majority baseline "
-            f"{m['majority_baseline_accuracy']:.3f}), precision {m['precision']:.3f}, recall "
-            f"{m['recall']:.3f}, ROC AUC {auc} on {m['n_test']} files")
+    return (f"held-out ROC AUC {auc} on {m['n_test']} files; score >= {m['threshold']} keeps "
+            f"{m['held_out_kept']:.1%} of them (the judge's positive share: "
+            f"{m['positive_fraction']:.1%}) at precision {m['precision']:.3f}, recall "
+            f"{m['recall']:.3f}, accuracy {m['accuracy']:.3f} (majority baseline "
+            f"{m['majority_baseline_accuracy']:.3f})")
 
 
 def load_forest(path):
@@ -471,12 +468,36 @@ def load_forest(path):
     if bundle["sklearn_version"] != sklearn.__version__:
         print(f"warning: {path} was saved with scikit-learn {bundle['sklearn_version']}, this is "
               f"{sklearn.__version__}; refit if its scores look wrong", file=sys.stderr)
+    if "held_out" not in bundle:
+        raise UserError(f"{path} was saved by an older filter.py: run the fit stage again")
     return bundle
 
 
+# ------------------------------------------------------------------------------------------------
+# The whole recipe, in memory: judge -> embed -> fit -> select
+
+def quality_filter(docs, judge, embedder, n_annotate=N_ANNOTATE, n_estimators=N_TREES, seed=SEED):
+    """§2.1 on a list of documents as the load stage makes them ({"id", "hash", "text"}): the judge
+    labels a random sample, the embedder embeds every file (the TF-IDF stand-in first learns its
+    columns from them), the forest learns the labels from the embeddings, and the files it scores
+    at or above its held-out threshold are kept. -> (the kept documents, the forest's metrics)"""
+    sample = random.Random(seed).sample(docs, min(n_annotate, len(docs)))
+    labels = {d["hash"]: r["label"] for d, r in judge.map(sample)
+              if not isinstance(r, Exception) and r["label"] is not None}
+    texts = [d["text"] for d in docs]
+    if isinstance(embedder, TfidfEmbedder):
+        embedder.fit(texts)
+    x = embedder.transform(texts)                                                  # (docs, dims)
+    rows = [i for i, d in enumerate(docs) if d["hash"] in labels]
+    y = [labels[docs[i]["hash"]] for i in rows]
+    clf, metrics, _ = fit_forest(x[rows], y, n_estimators, TEST_FRACTION, seed)
+    scores = clf.predict_proba(x)[:, list(clf.classes_).index(1)]
+    return [docs[i] for i in select(scores, metrics["threshold"])], metrics
+
+
 # ================================================================================================
-# The five stages at scale, in --out_dir. The corpus is cut into shards of --shard_docs documents:
-# the unit of writing, of resuming and (under torchrun) of the split between processes.
+# The same at 35 M files: the five stages, in --out_dir, over shards of --shard_docs documents
+# (the unit of writing, of resuming and, under torchrun, of the split between processes)
 # ------------------------------------------------------------------------------------------------
 # 1. Load: every source read lazily (data.py, the reader train.py uses), exact duplicates dropped
 
@@ -484,8 +505,7 @@ def stage_load(a):
     """Shards corpus/00000.jsonl, ... of --shard_docs documents, each written atomically, then
     corpus/index.json with a digest of every content hash. A killed load simply runs again (it is
     cheap); the later stages key their shards by that digest, and keep them while it is the same."""
-    t0 = time.time()
-    counts, shards = Counter(), []
+    t0, counts, shards = time.time(), Counter(), []
     docs_in = corpus_docs(a.input, a.max_bytes, counts, a.text_column)  # a missing source: error
     corpus = Path(a.out_dir) / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
@@ -511,9 +531,7 @@ def stage_load(a):
     seconds = round(time.time() - t0, 2)
     print(f"load: {docs:,} documents from {a.input} (skipped: {skipped or 'none'}) in "
           f"{seconds:.1f} s -> {len(shards)} shard(s) in {corpus}")
-    save_stats(a.out_dir, "load", {"input": str(a.input), "loaded": docs, "seconds": seconds,
-                                   "shard_docs": a.shard_docs,
-                                   **{f"skipped {k}": v for k, v in counts.items()}})
+    save_stats(a.out_dir, "load", {"loaded": docs, "seconds": seconds})
     return index
 
 
@@ -575,10 +593,6 @@ def remove_torn_writes(folder):
         tmp.unlink(missing_ok=True)
 
 
-def describe(counts):
-    return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
-
-
 def corpus_index(out_dir):
     path = Path(out_dir) / "corpus" / "index.json"
     if not path.exists():
@@ -592,16 +606,14 @@ def shard_docs(out_dir, shard):
 
 def corpus_sample(out_dir, index, n, seed):
     """A seeded random sample of n documents, read shard by shard: only the sample is held."""
-    chosen = sorted(random.Random(seed).sample(range(index["docs"]), min(n, index["docs"])))
-    sample, start, pos = [], 0, 0
+    chosen = np.sort(random.Random(seed).sample(range(index["docs"]), min(n, index["docs"])))
+    sample, start = [], 0
     for shard in index["shards"]:
-        end = start + shard["docs"]
-        if pos < len(chosen) and chosen[pos] < end:
+        lo, hi = np.searchsorted(chosen, [start, start + shard["docs"]])
+        if hi > lo:
             docs = shard_docs(out_dir, shard)
-            while pos < len(chosen) and chosen[pos] < end:
-                sample.append(docs[chosen[pos] - start])
-                pos += 1
-        start = end
+            sample += [docs[i - start] for i in chosen[lo:hi]]
+        start += shard["docs"]
     return sample
 
 
@@ -625,7 +637,7 @@ def stage_annotate(a):
             raise UserError("--model is required with --base_url (the name the server serves)")
         client = LLMClient(a.base_url, a.model, concurrency=a.concurrency, timeout=a.timeout,
                            max_retries=a.max_retries)
-        judge = LLMJudge(client, a.max_prompt_chars, logprobs=not a.no_logprobs)
+        judge = LLMJudge(client, a.max_prompt_chars, logprobs=a.logprobs)
     labels_path = Path(a.labels or Path(a.out_dir) / "labels.jsonl")
     labels, counts = annotate(docs, labels_path, judge, len(docs), a.seed, a.dry_run)
     if a.dry_run:
@@ -686,9 +698,8 @@ def annotate(docs, labels_path, judge, n_annotate=N_ANNOTATE, seed=SEED, dry_run
                 cached[rec["hash"]] = rec
                 counts[rec["status"]] += 1
             progress.update()
-    seconds = time.time() - t0
     counts.update(judge.counts)
-    answered = counts["ok"] + counts["unparseable"]
+    seconds, answered = time.time() - t0, counts["ok"] + counts["unparseable"]
     counts["labels_per_s"] = round(answered / seconds, 2) if todo and seconds else None
     in_corpus = {d["hash"] for d in docs}
     return {h: r for h, r in cached.items() if h in in_corpus}, counts
@@ -770,25 +781,21 @@ def the_embedder(a, index):
     return joblib.load(path)["embedder"]
 
 
-def process_group():
-    """torch.distributed under torchrun (initialised on first use), else None. The ranks only meet
-    at barriers, so gloo serves CPUs and GPUs alike, on one node or many sharing the out_dir."""
+def rank_and_world():
+    """(rank, world size) under torchrun (torch.distributed, initialised on first use), else (0, 1).
+    The ranks only meet at barriers, so gloo serves CPUs and GPUs alike, on one node or many
+    sharing the out_dir."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return None
+        return 0, 1
     import torch.distributed as dist
     if not dist.is_initialized():
         dist.init_process_group("gloo")
-    return dist
-
-
-def rank_and_world():
-    """(rank, world size) under torchrun, else (0, 1)."""
-    dist = process_group()
-    return (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+    return dist.get_rank(), dist.get_world_size()
 
 
 def barrier():
-    if dist := process_group():
+    if rank_and_world()[1] > 1:
+        import torch.distributed as dist
         dist.barrier()
 
 
@@ -806,15 +813,12 @@ def read_embeddings(out_dir, k):
 
 def this_machine(embedder):
     """Where the throughput figures come from: cores, the GPU if one embedded, the load."""
-    gpu = ""
-    if isinstance(embedder, ModelEmbedder) and embedder._model is not None:
-        device = next(embedder._model.parameters()).device
-        if device.type == "cuda":
-            import torch
-            gpu = f", {torch.cuda.get_device_name(device)}"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    model, gpu = getattr(embedder, "_model", None), ""
+    if model is not None and next(model.parameters()).is_cuda:
+        import torch
+        gpu = f", {torch.cuda.get_device_name(next(model.parameters()).device)}"
     return (f"{os.cpu_count()}-core {platform.machine()} {platform.system()}{gpu}, "
-            f"load average {load:.1f}")
+            f"load average {os.getloadavg()[0]:.1f}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -835,12 +839,11 @@ def stage_fit(a):
         raise UserError("no usable labels for this corpus: run the annotate stage first")
     embedder = joblib.load(out / "embedder.joblib")["embedder"]
     t0 = time.time()
-    clf, m = fit_forest(np.concatenate(xs), y, a.n_estimators, a.test_fraction, a.seed)
+    clf, m, held_out = fit_forest(np.concatenate(xs), y, a.n_estimators, a.test_fraction, a.seed)
     m["fit_seconds"] = round(time.time() - t0, 2)
     judge = records[0]["judge"]
     bundle = {"forest": clf, "id": uuid.uuid4().hex, "embedder": embedder, "judge": judge,
-              "label_threshold": LABEL_THRESHOLD, "sklearn_version": sklearn.__version__,
-              "metrics": m}
+              "sklearn_version": sklearn.__version__, "metrics": m, "held_out": held_out}
     atomic_write(out / "forest.joblib", lambda f: joblib.dump(bundle, f))
     atomic_write(out / "metrics.json", json.dumps(m, indent=2))
     print(f"fit: random forest ({a.n_estimators} trees) on {m['n_train']} labels from {judge}: "
@@ -853,8 +856,9 @@ def stage_fit(a):
 # 5. Apply: every shard scored by the rank that owns it, then the kept files in corpus order
 
 def stage_apply(a):
-    """Score every file (all ranks), then, on rank 0, keep those above the threshold (or the top
-    fraction) and write filtered.jsonl in corpus order, streaming the shards, and the report."""
+    """Score every file (all ranks), then, on rank 0, keep those at or above the forest's held-out
+    threshold (or --threshold, or the top --keep_fraction) and write filtered.jsonl in corpus
+    order, streaming the shards, and the report."""
     out, index = Path(a.out_dir), corpus_index(a.out_dir)
     bundle = load_forest(a.forest or out / "forest.joblib")
     t0 = time.time()
@@ -864,31 +868,36 @@ def stage_apply(a):
         return
     n = index["docs"]
     scores = np.fromiter((r["score"] for r in read_scores(out, index)), np.float32, n)  # 4 B each
+    threshold = bundle["metrics"]["threshold"] if a.threshold is None else a.threshold
     keep = np.zeros(len(scores), bool)
-    keep[select(scores, a.threshold, a.keep_fraction)] = True
+    keep[select(scores, threshold, a.keep_fraction)] = True
+    if a.keep_fraction is not None:  # the cut it made, as a threshold: the lowest score kept
+        threshold = float(scores[keep].min()) if keep.any() else 1.0
+    rule = (f"--keep_fraction={a.keep_fraction}" if a.keep_fraction is not None else "--threshold"
+            if a.threshold is not None else "the held-out threshold")
+    held_out = {**bundle["metrics"], **held_out_metrics(*bundle["held_out"], threshold)}
     order = np.argsort(-scores, kind="stable")
     extremes = {int(i): None for i in (*order[:3], *order[::-1][:3])}  # the best and worst files
     kept = tokens = tokens_kept = 0
 
-    def kept_records(f):
+    def kept_records():
         nonlocal kept, tokens, tokens_kept
         docs = (d for shard in index["shards"] for d in shard_docs(out, shard))
         for i, (d, r) in enumerate(zip(docs, read_scores(out, index))):
             tokens += r["tokens"]
             if i in extremes:
-                extremes[i] = (r["score"], d["id"], first_lines(d["text"]))
+                head = [ln.strip()[:100] for ln in d["text"].splitlines() if ln.strip()][:2]
+                extremes[i] = (r["score"], d["id"], " | ".join(head))
             if keep[i]:
                 kept, tokens_kept = kept + 1, tokens_kept + r["tokens"]
-                record = dict(text=d["text"], score=r["score"], source=d["source"], id=d["id"])
-                f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+                yield dict(text=d["text"], score=r["score"], source=d["source"], id=d["id"])
 
-    atomic_write(out / "filtered.jsonl", kept_records)
+    atomic_write(out / "filtered.jsonl", jsonl_writer(kept_records()))
     save_stats(out, "apply", {"files": n, "kept": kept, "tokens": tokens,
-                              "tokens_kept": tokens_kept, "threshold": a.threshold,
-                              "keep_fraction": a.keep_fraction,
+                              "tokens_kept": tokens_kept, "rule": rule, "held_out": held_out,
                               "score_seconds": round(seconds, 3),
                               "score_files_per_s": round(n / max(seconds, 1e-9), 1)})
-    report = make_report(out, scores, bundle, [extremes[int(i)] for i in order[:3]],
+    report = make_report(out, index, scores, bundle, [extremes[int(i)] for i in order[:3]],
                          [extremes[int(i)] for i in order[::-1][:3]])
     atomic_write(out / "report.txt", report + "\n")
     print(report)
@@ -908,9 +917,8 @@ def score_shards(out, index, bundle):
             atomic_write(stamp, json.dumps(this))
         remove_torn_writes(scores)  # the other ranks wait at the barrier below
     barrier()
-    embedder_path = out / "embedder.joblib"
-    saved = joblib.load(embedder_path)["embedder"] if embedder_path.exists() else None
-    own = saved is not None and saved.id == bundle["embedder"].id  # else a forest from elsewhere
+    saved = out / "embedder.joblib"  # a forest from elsewhere embeds with its own embedder
+    own = saved.exists() and joblib.load(saved)["embedder"].id == bundle["embedder"].id
     if not own and rank == 0:
         print(f"apply: embedding with the forest's embedder {bundle['embedder'].name}")
     # one thread: scikit-learn sums the trees' probabilities in the order threads finish, which
@@ -926,7 +934,7 @@ def score_shards(out, index, bundle):
         p = clf.predict_proba(x)[:, list(clf.classes_).index(1)]
         atomic_write(shard_path(out, "scores", k, ".jsonl"), jsonl_writer(
             {"id": d["id"], "hash": d["hash"], "score": round(float(s), 4), "tokens": n}
-            for d, s, n in zip(docs, p, token_counts(texts))))
+            for d, s, n in zip(docs, p, map(len, phi1_tokens(texts)))))
         progress.update(len(docs))
     barrier()
 
@@ -940,54 +948,50 @@ def read_scores(out_dir, index):
 # ------------------------------------------------------------------------------------------------
 # The report: what was judged, how well the forest learned it, what was kept, how fast
 
-def make_report(out, scores, bundle, best, worst):
+def make_report(out, index, scores, bundle, best, worst):
     s = json.loads((out / "stats.json").read_text())
     load, ann, emb, app = (s.get(k, {}) for k in ("load", "annotate", "embed", "apply"))
-    skipped = describe({k[8:]: v for k, v in load.items() if k.startswith("skipped ")}) or "none"
-    n, features = len(scores), bundle["embedder"].name
+    n, judge, features = len(scores), bundle["judge"], bundle["embedder"].name
+    embedded, scored = (len(list((out / d).glob(g))) for d, g in (("embeddings", "*.npy"),
+                                                                   ("scores", "*.jsonl")))
     lines = [
         "phi-1 quality filter report (§2.1)",
-        f"input: {load.get('input', '?')}: {n:,} files loaded (skipped: {skipped})",
-        f"judge: {bundle['judge']}"
-        + ("  <- STAND-IN heuristic, not an LLM" if "stand-in" in bundle["judge"] else "")
-        + (f"; {ann.get('labelled')} usable labels ({ann.get('positive')} positive), "
+        f"input: {index['input']}: {n:,} files loaded (skipped: "
+        f"{describe(index['skipped']) or 'none'})",
+        f"judge: {judge}" + ("  <- STAND-IN heuristic, not an LLM" if "stand-in" in judge else "")
+        + (f"; {ann['labelled']} usable labels ({ann['positive']} positive), "
            f"{ann.get('unparseable', 0)} unparseable, {ann.get('failed', 0)} failed"
            if ann else ""),
         f"features: {features}"
         + ("  <- STAND-IN for code-model embeddings" if "stand-in" in features else ""),
-        f"forest: {forest_summary(bundle['metrics'])}",
-    ]
-    rule = (f"top {app['keep_fraction']:.0%} by score" if app.get("keep_fraction") is not None
-            else f"score >= {app.get('threshold')}")
-    lines.append(f"kept ({rule}): {app['kept']:,} of {n:,} files ({app['kept'] / n:.1%}), "
-                 f"{app['tokens_kept']:,} of {app['tokens']:,} tokens "
-                 f"({app['tokens_kept'] / max(app['tokens'], 1):.1%})")
-    shards, embedded, scored = (len(list((out / d).glob(g))) for d, g in (
-        ("corpus", "*.jsonl"), ("embeddings", "*.npy"), ("scores", "*.jsonl")))
-    lines.append(f"shards: {shards} of up to {load.get('shard_docs', SHARD_DOCS):,} files; "
-                 f"embedded {embedded}, scored {scored}")
-    lines += ["score histogram (files):", histogram(scores)]
+        f"forest: {forest_summary(app['held_out'])}",
+        f"kept (score >= {app['held_out']['threshold']}, {app['rule']}): {app['kept']:,} of "
+        f"{n:,} files ({app['kept'] / n:.1%}), {app['tokens_kept']:,} of {app['tokens']:,} "
+        f"tokens ({app['tokens_kept'] / max(app['tokens'], 1):.1%})",
+        f"shards: {len(index['shards'])} of up to {max(sh['docs'] for sh in index['shards']):,} "
+        f"files; embedded {embedded}, scored {scored}",
+        "score histogram (files):", histogram(scores)]
     for title, files in (("highest scored:", best), ("lowest scored:", worst)):
         lines += [title] + [f"  {score:.3f} {doc_id}: {head}" for score, doc_id, head in files]
-    perf = [f"performance (on {emb.get('machine', 'an unrecorded machine')}):"]
+    lines.append(f"performance (on {emb.get('machine', 'an unrecorded machine')}):")
     if load:
         rate = load["loaded"] / max(load["seconds"], 1e-9)
-        perf.append(f"  load: {rate:,.0f} files/s ({load['seconds']} s)")
+        lines.append(f"  load: {rate:,.0f} files/s ({load['seconds']} s)")
     if ann.get("labels_per_s"):
-        perf.append(f"  annotate ({ann['judge']}): {ann['labels_per_s']} labels/s at concurrency "
-                    f"{ann.get('concurrency', 1)}")
+        lines.append(f"  annotate ({ann['judge']}): {ann['labels_per_s']} labels/s at "
+                     f"concurrency {ann.get('concurrency', 1)}")
     if emb:
         per = f" per process, {emb['world']} processes" if emb.get("world", 1) > 1 else ""
-        perf.append(f"  embed ({emb['embedder']}): {emb['files_per_s']:,} files/s, "
-                    f"{emb['tokens_per_s']:,} tokens/s{per} ({emb['files']:,} files, "
-                    f"{emb['seconds']} s)")
-    perf.append(f"  score (forest, and phi-1 tokens for the counts): "
-                f"{app['score_files_per_s']:,} files/s")
+        lines.append(f"  embed ({emb['embedder']}): {emb['files_per_s']:,} files/s, "
+                     f"{emb['tokens_per_s']:,} tokens/s{per} ({emb['files']:,} files, "
+                     f"{emb['seconds']} s)")
+    lines.append(f"  score (forest, and phi-1 tokens for the counts): "
+                 f"{app['score_files_per_s']:,} files/s")
     if "started" in s.get("all", {}):
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        perf.append(f"  all five stages: {time.time() - s['all']['started']:.0f} s wall time, "
-                    f"peak RSS {rss:,.0f} MB")
-    return "\n".join(lines + perf)
+        lines.append(f"  all five stages: {time.time() - s['all']['started']:.0f} s wall time, "
+                     f"peak RSS {rss:,.0f} MB")
+    return "\n".join(lines)
 
 
 def histogram(scores, bins=10, width=50):
@@ -995,11 +999,6 @@ def histogram(scores, bins=10, width=50):
     top = max(counts.max(), 1)
     return "\n".join(f"  {lo:.1f}-{hi:.1f} {'#' * round(width * c / top):<{width}} {c}"
                      for lo, hi, c in zip(edges[:-1], edges[1:], counts))
-
-
-def first_lines(text, n=2, width=100):
-    lines = [ln for ln in text.splitlines() if ln.strip()][:n]
-    return " | ".join(ln.strip()[:width] for ln in lines)
 
 
 def stage_all(a):
@@ -1040,43 +1039,46 @@ STAGE_OPTIONS = {
         "timeout": (60.0, "seconds an LLM request may take before it is retried"),
         "max_retries": (6, "retries of a failed LLM request (429, 5xx, timeout), with backoff"),
         "max_prompt_chars": (MAX_PROMPT_CHARS, "a file is cut to this many characters"),
-        "no_logprobs": (False, "True: don't ask for logprobs (for servers that refuse them)"),
+        "logprobs": (True, "False: don't ask for logprobs (for servers that refuse them)"),
         "dry_run": (False, "True: only print the requests and tokens annotating would send"),
     },
     "embed": {
-        "embed_ckpt": (None, "a train.py checkpoint or HF Phi directory (else TF-IDF stands in)",
-                       str),
+        "embed_ckpt": (None, "train.py checkpoint or HF Phi directory (else TF-IDF stand-in)", str),
         "device": (None, "default: cuda if available, else cpu", str),
         "embed_max_tokens": (EMBED_MAX_TOKENS, "tokens of each file the model embeds"),
         "embed_batch_tokens": (EMBED_BATCH_TOKENS, "padded tokens per embedding batch"),
     },
     "fit": {
-        "n_estimators": (300, "trees in the random forest"),
-        "test_fraction": (0.2, "held-out share of the labels for the printed metrics"),
+        "n_estimators": (N_TREES, "trees in the random forest"),
+        "test_fraction": (TEST_FRACTION, "held-out share of the labels: the threshold and metrics"),
     },
     "apply": {
-        "threshold": (0.5, "keep files whose score is >= this ..."),
-        "keep_fraction": (None, "... or, if set, this top fraction of files by score", float),
+        "threshold": (None, "keep files scored >= this (default: fit's held-out cut) ...", float),
+        "keep_fraction": (None, "... or this top fraction of files by score", float),
         "forest": (None, "a saved forest.joblib (default OUT_DIR/forest.joblib)", str),
     },
 }
-STAGES = {"load": (stage_load, "1. read and deduplicate the corpus"),
-          "annotate": (stage_annotate, "2. label a random sample with the LLM judge"),
-          "embed": (stage_embed, "3. embed every file"),
-          "fit": (stage_fit, "4. fit the random forest on the labels"),
-          "apply": (stage_apply, "5. score every file, write filtered.jsonl and the report"),
-          "all": (stage_all, "all five stages (the default)")}
+STAGES = dict(load=stage_load, annotate=stage_annotate, embed=stage_embed, fit=stage_fit,
+              apply=stage_apply, all=stage_all)
 
 
 def parse_args(argv):
     """(stage name, its settings) from the command line; bad input is a UserError."""
-    stage_help = {name: text for name, (_, text) in STAGES.items()}
-    command, rest = configurator.pick_command(argv, stage_help, __doc__, default="all")
+    if argv[:1] in (["-h"], ["--help"]):  # the docstring, which lists the stages first
+        print(__doc__.strip())
+        sys.exit(0)
+    command, rest = configurator.pick_command(argv, STAGES, __doc__, default="all")
+    if any(arg.startswith("--no_logprobs") for arg in rest):
+        raise UserError("--no_logprobs is now --logprobs=True|False (--no_logprobs=True is "
+                        "--logprobs=False)")
     stages = STAGE_OPTIONS if command == "all" else [command]
     options = {**COMMON_OPTIONS, **{k: v for s in stages for k, v in STAGE_OPTIONS[s].items()}}
     a = configurator.parse(rest, options, __doc__)
-    if getattr(a, "keep_fraction", None) is not None and not 0 < a.keep_fraction <= 1:
-        raise UserError(f"--keep_fraction={a.keep_fraction}: must be in (0, 1]")
+    threshold, keep_fraction = getattr(a, "threshold", None), getattr(a, "keep_fraction", None)
+    if threshold is not None and keep_fraction is not None:
+        raise UserError("--threshold and --keep_fraction both draw the line: give one of them")
+    if keep_fraction is not None and not 0 < keep_fraction <= 1:
+        raise UserError(f"--keep_fraction={keep_fraction}: must be in (0, 1]")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and command not in ("embed", "apply"):
         raise UserError(f"under torchrun only `embed` and `apply` run (on every rank); run "
                         f"`{command}` in one process")
@@ -1086,7 +1088,7 @@ def parse_args(argv):
 def main(argv):
     command, a = parse_args(argv)
     try:
-        STAGES[command][0](a)
+        STAGES[command](a)
     except KeyboardInterrupt:
         kept = "everything written so far is kept: run the same command again to resume"
         raise KeyboardInterrupt(kept) from None

@@ -307,8 +307,13 @@ def test_command_line_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
              "unknown key 'n_anotate' in the command line; did you mean --n_annotate?"),
             (["load", "--n_annotate=5", out], "unknown key 'n_annotate'"),  # not a key of `load`
             (["--dry_run", out], "expected --key=value, got '--dry_run'"),  # booleans: =True|False
-            (["annotate", "--no_logprobs=maybe", out], "--no_logprobs=maybe: expected bool"),
+            (["annotate", "--logprobs=maybe", out], "--logprobs=maybe: expected bool"),
+            (["annotate", "--no_logprobs=True", out],  # the old name: the new key, and its sense
+             "--no_logprobs is now --logprobs=True|False (--no_logprobs=True is --logprobs=False)"),
+            (["all", "--no_logprobs=False", out], "--no_logprobs is now --logprobs=True|False"),
             (["apply", "--keep_fraction=1.5", out], "--keep_fraction=1.5: must be in (0, 1]"),
+            (["apply", "--threshold=0.3", "--keep_fraction=0.2", out],
+             "--threshold and --keep_fraction both draw the line: give one of them"),
             (["anotate", out], "unknown command 'anotate'; did you mean annotate?")]:
         code, err = run_cli(argv, capsys)
         assert code == 2 and len(err) == 1, (argv, err)
@@ -325,7 +330,19 @@ def test_every_key_has_a_help_line(capsys):
         rows = [line.split(None, 1) for line in said if line.startswith("  --")]
         assert rows and all(len(r) == 2 and r[1].strip() for r in rows), stage  # each: its help
     keys = {r[0] for r in rows}  # `all` takes every stage's keys
-    assert {"--no_logprobs=False", "--dry_run=False", "--input='stdlib'", "--forest=None"} <= keys
+    assert {"--logprobs=True", "--dry_run=False", "--input='stdlib'", "--forest=None",
+            "--threshold=None", "--keep_fraction=None"} <= keys
+
+
+def test_help_lists_the_stages_first(capsys):
+    with pytest.raises(SystemExit) as e:
+        F.main(["--help"])
+    assert e.value.code == 0
+    said = capsys.readouterr().out.splitlines()
+    stages = [i for i, line in enumerate(said) if re.match(r"  [1-5]\. (load|annotate|embed|fit|apply) ", line)]
+    assert len(stages) == 5 and stages[0] <= 3 and stages == sorted(stages), said[:20]
+    assert said[stages[0] - 1].startswith("python filter.py [STAGE]")  # how to pick one, just above
+    assert not any(line.startswith("commands (") for line in said)  # listed once
 
 
 def test_a_missing_input_is_exit_2_and_leaves_the_loaded_corpus(tmp_path):
@@ -338,16 +355,16 @@ def test_a_missing_input_is_exit_2_and_leaves_the_loaded_corpus(tmp_path):
     assert (out / "corpus" / "index.json").read_text() == index  # the loaded corpus is still usable
 
 
-def test_no_logprobs_and_dry_run_take_true_or_false(tmp_path):
+def test_logprobs_and_dry_run_take_true_or_false(tmp_path):
     out = write_corpus(tmp_path, 4)
     with FakeOpenAIServer(judge_reply, logprobs=True) as srv:
         base = ["annotate", f"--out_dir={out}", f"--base_url={srv.base_url}", "--model=fake",
                 "--n_annotate=2"]
-        F.main([*base, "--dry_run=True", "--no_logprobs=True"])
+        F.main([*base, "--dry_run=True", "--logprobs=False"])
         assert srv.requests == []
-        F.main([*base, "--dry_run=False", "--no_logprobs=True", f"--labels={tmp_path / 'a.jsonl'}"])
+        F.main([*base, "--dry_run=False", "--logprobs=False", f"--labels={tmp_path / 'a.jsonl'}"])
         assert len(srv.requests) == 2 and not any("logprobs" in r for r in srv.requests)
-        F.main([*base, "--no_logprobs=False", f"--labels={tmp_path / 'b.jsonl'}"])
+        F.main([*base, f"--labels={tmp_path / 'b.jsonl'}"])  # asked for by default
         assert len(srv.requests) == 4 and all(r["logprobs"] is True for r in srv.requests[2:])
 
 
@@ -396,7 +413,7 @@ def test_load_counts_bad_inputs(tmp_path, capsys):
     (tmp_path / "blank" / "a.py").write_text("\n")
     code, err = run_cli(["load", f"--input={tmp_path / 'blank'}", out], capsys)
     assert code == 2 and len(err) == 1
-    assert re.match("filter.py: error: no usable documents in .*empty file 1", err[0])
+    assert re.match("filter.py: error: no usable documents in .*empty file: 1", err[0])
 
 
 def test_heuristic_stand_in_prefers_documented_code():
@@ -539,6 +556,7 @@ def test_pipeline_forest_beats_chance_and_writes_the_corpus(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_labelled"] == 120
     assert metrics["roc_auc"] >= 0.9 and metrics["accuracy"] > metrics["majority_baseline_accuracy"]
+    assert abs(metrics["held_out_kept"] - metrics["positive_fraction"]) <= 1 / metrics["n_test"]
 
     # the files the judge never saw: the forest's scores separate the true classes
     labelled = {r["id"] for r in F.read_labels(out / "labels.jsonl")}
@@ -549,10 +567,20 @@ def test_pipeline_forest_beats_chance_and_writes_the_corpus(tmp_path):
     assert roc_auc_score([i in good for i in unseen], [scores[i] for i in unseen]) >= 0.9
 
     kept = [json.loads(line) for line in open(out / "filtered.jsonl")]
-    assert kept and all(set(r) == {"text", "score", "source", "id"} and r["score"] >= 0.5 for r in kept)
+    assert kept and all(set(r) == {"text", "score", "source", "id"} for r in kept)
+    assert {r["id"] for r in kept} == {i for i, s in scores.items() if s >= metrics["threshold"]}
     assert sum(r["id"] in good for r in kept) >= 0.9 * len(kept)
     report = (out / "report.txt").read_text()
-    assert "STAND-IN" in report and "record without a string 'text' 1" in report and "score histogram" in report
+    assert "STAND-IN" in report and "record without a string 'text': 1" in report and "score histogram" in report
+    assert f"kept (score >= {metrics['threshold']}, the held-out threshold): {len(kept)} of 200" in report
+
+    # the stages are quality_filter cut into shards: in memory, the same labels give the same forest and files
+    docs = [d for shard in F.corpus_index(out)["shards"] for d in F.shard_docs(out, shard)]
+    kept_here, metrics_here = F.quality_filter(docs, F.HeuristicJudge(), F.TfidfEmbedder(), n_annotate=120,
+                                               n_estimators=50)
+    assert metrics_here["n_labelled"] == 120 and metrics_here["positive_fraction"] == metrics["positive_fraction"]
+    ids_here, ids = {d["id"] for d in kept_here}, {r["id"] for r in kept}
+    assert len(ids_here ^ ids) <= 0.05 * len(ids), (len(ids_here), len(ids), len(ids_here ^ ids))
     assert "highest scored:" in report and "lowest scored:" in report
     assert f"performance (on {os.cpu_count()}-core " in report  # the machine it ran on, not a fixed phrase
 
@@ -566,6 +594,71 @@ def test_pipeline_forest_beats_chance_and_writes_the_corpus(tmp_path):
     kept2 = [json.loads(line) for line in open(out2 / "filtered.jsonl")]
     good2 = {f"toy2.jsonl:{n}" for n, r in enumerate(toy_corpus(40, seed=1), 1) if r["id"].startswith("good")}
     assert len(kept2) == 10 and all(r["id"] in good2 for r in kept2)
+
+
+def synthetic_run(tmp_path, n=5000, n_labelled=1000, dims=64, positive=0.15, noise=1.0, seed=0):
+    """A loaded corpus of n files whose embeddings are drawn, not computed: 64 Gaussian dimensions, 8 of them
+    carrying a noisy signal, and the top 15 % of that signal labelled positive by a stand-in judge on a random
+    sample of 1,000 (held-out AUC about 0.8, where the forest's probabilities are compressed). -> (out, labels)"""
+    jl = tmp_path / "corpus.jsonl"
+    jl.write_text("".join(json.dumps({"text": f"x_{i} = {i}\n"}) + "\n" for i in range(n)))
+    out = tmp_path / "out"
+    F.main(["load", f"--input={jl}", f"--out_dir={out}", "--shard_docs=2000"])
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dims)).astype(np.float16)
+    signal_ = x[:, :8].astype(np.float64).sum(1) / np.sqrt(8) + noise * rng.standard_normal(n)
+    y = (signal_ > np.quantile(signal_, 1 - positive)).astype(int)
+    index = F.corpus_index(out)
+    docs = [d for shard in index["shards"] for d in F.shard_docs(out, shard)]
+    start = 0
+    for k, shard in enumerate(index["shards"]):
+        F.atomic_write(F.shard_path(out, "embeddings", k, ".npy"),
+                       lambda f: np.save(f, x[start:start + shard["docs"]]))
+        start += shard["docs"]
+    F.atomic_write(out / "embedder.joblib",
+                   lambda f: F.joblib.dump({"corpus": index["digest"], "embedder": F.TfidfEmbedder()}, f))
+    with open(out / "labels.jsonl", "w") as f:
+        for i in rng.choice(n, n_labelled, replace=False):
+            f.write(json.dumps({"hash": docs[i]["hash"], "id": docs[i]["id"], "judge": "synthetic", "status": "ok",
+                                "rating": None, "score": int(y[i]), "label": int(y[i])}) + "\n")
+    return out, {d["id"]: int(label) for d, label in zip(docs, y)}
+
+
+def test_apply_keeps_the_judges_positive_share_by_default(tmp_path):
+    out, labels = synthetic_run(tmp_path)
+    F.main(["fit", f"--out_dir={out}", "--n_estimators=100"])
+    F.main(["apply", f"--out_dir={out}"])
+    kept = [json.loads(line)["id"] for line in open(out / "filtered.jsonl")]
+    scores = {r["id"]: r["score"] for r in F.read_scores(out, F.corpus_index(out))}
+    # about the judge's positive share of the corpus is kept, not the ~0.5 % that scores >= 0.5 ...
+    assert 0.10 <= len(kept) / len(labels) <= 0.22, len(kept)
+    unseen = set(scores) - {r["id"] for r in F.read_labels(out / "labels.jsonl")}  # files the forest never saw
+    assert sum(scores[i] >= 0.5 for i in unseen) < 0.01 * len(unseen)
+    precision = sum(labels[i] for i in kept) / len(kept)
+    assert precision >= 2 * 0.15  # the kept files are the better ones: twice the base rate, at least
+    # ... because the threshold is chosen on the held-out files, where it keeps that share
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0.8 <= m["roc_auc"] <= 0.95 and abs(m["positive_fraction"] - 0.15) < 0.03
+    assert abs(m["held_out_kept"] - m["positive_fraction"]) <= 2 / m["n_test"]
+    assert 0 < m["threshold"] < 0.5 and 0.3 <= m["precision"] <= 1 and 0.3 <= m["recall"] <= 1
+    assert set(kept) == {i for i, s in scores.items() if s >= m["threshold"]}
+    report = (out / "report.txt").read_text()
+    assert (f"kept (score >= {m['threshold']}, the held-out threshold): {len(kept):,} of 5,000 files" in report
+            and f"at precision {m['precision']:.3f}, recall {m['recall']:.3f}" in report)
+
+    # --threshold and --keep_fraction override it, and the report gives the held-out numbers at their cut
+    F.main(["apply", f"--out_dir={out}", "--threshold=0.3"])
+    kept = [json.loads(line)["id"] for line in open(out / "filtered.jsonl")]
+    assert set(kept) == {i for i, s in scores.items() if s >= 0.3}
+    stats = json.loads((out / "stats.json").read_text())["apply"]
+    assert stats["rule"] == "--threshold" and stats["held_out"]["threshold"] == 0.3
+    assert stats["held_out"]["held_out_kept"] < m["held_out_kept"]
+    assert f"kept (score >= 0.3, --threshold): {len(kept):,} of 5,000" in (out / "report.txt").read_text()
+    F.main(["apply", f"--out_dir={out}", "--keep_fraction=0.3"])
+    kept = [json.loads(line)["id"] for line in open(out / "filtered.jsonl")]
+    stats = json.loads((out / "stats.json").read_text())["apply"]
+    assert len(kept) == 1500 and stats["held_out"]["threshold"] == min(scores[i] for i in kept)
+    assert stats["held_out"]["recall"] > m["recall"]  # a lower cut: more of the positives
 
 
 def test_model_embeddings_are_mean_pooled_hidden_states(tmp_path):
