@@ -94,6 +94,11 @@ def convert(key, raw, spec):
 
 def check_key(key, options, where):
     if key not in options:
+        positive = key.removeprefix("no_")
+        if positive != key and isinstance(options.get(positive, (None,))[0], bool):
+            # booleans are named in the positive: --no_x=True would read as a double negative
+            raise UserError(f"--{key} is now --{positive}=True|False (--{key}=True is "
+                            f"--{positive}=False)")
         close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
         hint = (f"; did you mean --{close[0]}?" if close
                 else "; run with --help for the list of keys")

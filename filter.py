@@ -1068,9 +1068,6 @@ def parse_args(argv):
         print(__doc__.strip())
         sys.exit(0)
     command, rest = configurator.pick_command(argv, STAGES, __doc__, default="all")
-    if any(arg.startswith("--no_logprobs") for arg in rest):
-        raise UserError("--no_logprobs is now --logprobs=True|False (--no_logprobs=True is "
-                        "--logprobs=False)")
     stages = STAGE_OPTIONS if command == "all" else [command]
     options = {**COMMON_OPTIONS, **{k: v for s in stages for k, v in STAGE_OPTIONS[s].items()}}
     a = configurator.parse(rest, options, __doc__)

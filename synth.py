@@ -640,10 +640,6 @@ def generate_options(kind):
 
 
 def generate_command(kind, argv):
-    old = next((x for x in argv if x.partition("=")[0] == "--no_decontaminate"), None)
-    if old:
-        raise UserError(f"{old}: the key is now --decontaminate=True|False "
-                        "(--no_decontaminate=True is --decontaminate=False)")
     a = configurator.parse(argv, generate_options(kind), f"synth.py {kind}: {COMMANDS[kind]}")
     if not a.out:
         raise UserError("--out=PATH is required: where the final JSONL goes")

@@ -31,6 +31,9 @@ def test_flags_are_typed_by_their_defaults():
     (["--n=three"], r"--n=three: expected int, e.g. --n=1"),
     (["--verify=maybe"], r"--verify=maybe: expected bool"),
     (["stray"], r"unexpected argument 'stray'"),
+    # booleans are named in the positive; the negative name says which key replaced it, and its sense
+    (["--no_verify=True"], r"^--no_verify is now --verify=True\|False \(--no_verify=True is --verify=False\)$"),
+    (["--no_out=x"], r"unknown key 'no_out'"),  # only a boolean has a negative
 ])
 def test_bad_flags_are_user_errors(argv, message):
     with pytest.raises(UserError, match=message):

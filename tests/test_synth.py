@@ -205,10 +205,10 @@ def test_old_names_say_what_replaced_them(tmp_path, capsys):
     data.write_text(json.dumps({"text": "def f():\n    return 1\n"}) + "\n")
     cases = {
         ("exercises", out, n, "--no_decontaminate=True"):
-            "synth.py: error: --no_decontaminate=True: the key is now --decontaminate=True|False "
+            "synth.py: error: --no_decontaminate is now --decontaminate=True|False "
             "(--no_decontaminate=True is --decontaminate=False)",
         ("textbook", "--no_decontaminate=False", out, n):
-            "synth.py: error: --no_decontaminate=False: the key is now --decontaminate=True|False "
+            "synth.py: error: --no_decontaminate is now --decontaminate=True|False "
             "(--no_decontaminate=True is --decontaminate=False)",
         ("dedup", str(data), "--threshold=0.9"):
             "synth.py: error: `synth.py dedup` is now `python dedup.py INPUT` (the same keys)",
