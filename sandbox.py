@@ -21,9 +21,21 @@ back to the harness. The kernel contains the rest: no network, a filesystem of o
 Python (no home, no checkout, no benchmark data), its own uid, pid and IPC namespaces, rlimits, a
 wall-clock limit per job.
 
-What it does not cover. Memory is bounded per process, not as a whole (no cgroup); world-readable
-files of the system and of Python stay readable; the judge decodes the program's replies with
-marshal, which CPython does not harden against malicious data; CPU side channels; kernel bugs.
+Memory. A program holds at most MEMORY_MB (1 GiB), all its processes together and the files it
+writes included: they share a memory cgroup (cgroup v2's memory.max, or v1's
+memory.limit_in_bytes) that each zygote makes where the system lets it (as root, or in a cgroup
+delegated to it), so the kernel's OOM killer stops the program at its bound. Where no cgroup can be
+made, the address-space limit is divided among the processes a program may have (MEMORY_MB /
+MAX_PROCS = 64 MiB each: all of HumanEval's and MBPP's reference solutions fit; numpy does not),
+which bounds them to MEMORY_MB as well, plus the files the program writes to its private /tmp and
+/dev/shm (at most TMPFS_MB + 64 MiB); a warning names the missing cgroup. Either way a program's
+processes are the OOM killer's first choice (oom_score_adj 1000: pinned where the harness may, with
+CAP_SYS_RESOURCE; elsewhere a program may lower it to the harness's own), and a program killed for
+memory, or whose MemoryError reaches the tests, is "crashed: out of memory".
+
+What it does not cover. World-readable files of the system and of Python stay readable; the judge
+decodes the program's replies with marshal, which CPython does not harden against malicious data;
+CPU side channels; kernel bugs.
 
 How a job runs, per worker:
   harness --socket--> zygote: `python -I sandbox.py _zygote`, started once, scrubbed environment; as
@@ -34,13 +46,15 @@ How a job runs, per worker:
   |            program's functions is a request over a pipe; its verdict goes to the harness, the
   |            zygote only hears "done"
   `-- program: forked per job: the untrusted code, pid 1 of a fresh pid and IPC namespace, its own
-               uid, rlimits; it only answers requests: "call f with these plain arguments"
+               uid, rlimits, the zygote's memory cgroup; it only answers requests: "call f with
+               these plain arguments"
 Forking a program from the pre-started zygote costs a few ms where a fresh interpreter costs tens.
 At a job's time limit the zygote kills the program and replaces the judge (which may still be inside
 the tests).
 
 Read top to bottom: 1. run_programs and the harness's side, 2. the wire, 3. the judge, 4. the
-program, 5. the zygote, 6. the kernel's layers (libc, mounts, namespaces).
+program, 5. the zygote, 6. the kernel's layers (libc, mounts, namespaces, the memory
+cgroup).
 """
 
 import builtins
@@ -66,7 +80,7 @@ import time
 from pathlib import Path
 
 TIMEOUT = 3.0              # seconds of wall clock per program, unless the caller gives its own
-MEMORY_MB = 1024           # address space per process
+MEMORY_MB = 1024           # memory of a program, all its processes together ("Memory" above)
 MAX_PROCS = 16             # processes + threads of a program's uid (a fork bomb stops here)
 MAX_FILE_MB = 16           # largest file a program may write; its captured output counts too
 MAX_OPEN_FILES = 256
@@ -200,13 +214,19 @@ class Sandbox:
             self.proc.wait()
 
 
-def _result(timeout, verdict, timed_out, judge, status, tail, seconds):
+def _result(timeout, verdict, timed_out, judge, status, tail, seconds, oom_killed):
     """{"passed", "result", "seconds"} from the judge's verdict and the zygote's account of the
     program."""
-    if timed_out:
-        return {"passed": False, "result": f"timed out ({timeout:g} s)", "seconds": seconds}
+    last = tail.decode(errors="replace").strip().splitlines()[-1:] or [""]
     if judge == "done" and verdict == "passed":
         return {"passed": True, "result": "passed", "seconds": seconds}
+    # out of memory, whatever shape it took: the OOM killer (in the program's cgroup, or the
+    # machine's), a MemoryError that reached the tests or ended the program
+    if oom_killed or verdict.startswith("failed: MemoryError") or \
+            judge == "ended" and last[0].startswith("MemoryError"):
+        return {"passed": False, "result": "crashed: out of memory", "seconds": seconds}
+    if timed_out:
+        return {"passed": False, "result": f"timed out ({timeout:g} s)", "seconds": seconds}
     if judge == "done" and verdict.startswith("failed"):
         return {"passed": False, "result": verdict, "seconds": seconds}
     code = os.waitstatus_to_exitcode(status)
@@ -218,7 +238,6 @@ def _result(timeout, verdict, timed_out, judge, status, tail, seconds):
         what = f"killed by {signal.Signals(-code).name}{why}"
     else:
         what = f"exited with status {code} before the tests finished"
-    last = tail.decode(errors="replace").strip().splitlines()[-1:] or [""]
     result = f"crashed: {what}" + (f": {last[0][:200]}" if last[0] else "")
     return {"passed": False, "result": result, "seconds": seconds}
 
@@ -649,6 +668,8 @@ def _program_setup(uid, root, limits, code, workdir, requests_r, replies_w, outp
     behind. As init it ignores signals it sent itself without a handler, so os.kill(os.getpid(),
     SIGKILL) returns and the program carries on (and fails or passes on its merits)."""
     try:
+        if limits["cgroup"] is not None:
+            os.write(limits["cgroup"], b"0")      # "0": this process, into our programs' cgroup
         if limits["ipcns"]:
             _libc_call("unshare", CLONE_NEWIPC)   # no SysV IPC object outlives the program
         os.setsid()
@@ -658,6 +679,11 @@ def _program_setup(uid, root, limits, code, workdir, requests_r, replies_w, outp
         code = _load_memfd(5)
         os.umask(0o077)
         _limits(limits["timeout"], limits["memory_mb"])
+        # the OOM killer's first choice, written while privileged: where that includes
+        # CAP_SYS_RESOURCE, the program cannot lower it (dumpable, or in a user namespace
+        # /proc/self would not be ours to write)
+        _libc_call("prctl", PR_SET_DUMPABLE, 1, 0, 0, 0)
+        Path("/proc/self/oom_score_adj").write_text("1000")
         _drop(uid, root)
         # both after the uid change, which clears the first; the zygote is not dumpable, the program
         # is (its memory holds nothing of the tests: let it read it)
@@ -727,6 +753,11 @@ class _Zygote:
                      ] if spec else []
         _libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)   # die with the harness
         _libc_call("prctl", PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)          # orphans come back to us
+        # before the private root hides /sys and the host's /proc
+        self.memory = None
+        if not self._try("memory cgroup per program", self._memory_cgroup):
+            self.missing[-1] += f": instead each process gets 1/{MAX_PROCS} of a program's memory"
+        self.oom_kills = self.memory.events if self.memory else os.open("/proc/vmstat", os.O_RDONLY)
         self._namespaces()
         if not self.root:
             self.layers.append("capabilities dropped")
@@ -785,7 +816,13 @@ class _Zygote:
             judge_alive = False
         for fd in (requests_w, replies_r, tests, verdict_pipe):
             os.close(fd)
-        limits = {"timeout": timeout, "memory_mb": memory_mb, "ipcns": self.ipcns}
+        if self.memory and self.memory.mb != memory_mb:
+            self.memory.limit(memory_mb)
+        kills = _oom_kills(self.oom_kills)
+        limits = {"timeout": timeout, "ipcns": self.ipcns,
+                  # the address space per process: the cgroup bounds the total, or the division does
+                  "memory_mb": memory_mb if self.memory else memory_mb // MAX_PROCS,
+                  "cgroup": self.memory.procs if self.memory else None}
         program = self._fork_program(limits, code, workdir, requests_r, replies_w, output)
         for fd in (requests_r, replies_w, code):
             os.close(fd)
@@ -807,7 +844,11 @@ class _Zygote:
         tail = os.pread(output, OUTPUT_TAIL, max(0, os.fstat(output).st_size - OUTPUT_TAIL))
         os.close(output)
         self._clean(workdir)
-        return judge is None, judge, status, tail, round(seconds, 4)
+        # the OOM killer killed one of the program's processes (counted in its cgroup), or, without
+        # one, the program itself (counted on the machine)
+        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        oom = _oom_kills(self.oom_kills) > kills and (self.memory or judge == "ended" and killed)
+        return judge is None, judge, status, tail, round(seconds, 4), bool(oom)
 
     def _fork_program(self, limits, code, workdir, requests_r, replies_w, output):
         if self.pidns:
@@ -985,6 +1026,9 @@ class _Zygote:
         _mount("proc", f"{new}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
         _remount_read_only(old, new)
 
+    def _memory_cgroup(self):
+        self.memory = _MemoryCgroup()
+
     def _test_pidns(self):
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY)
         _libc_call("unshare", CLONE_NEWPID)
@@ -1000,7 +1044,7 @@ class _Zygote:
 
 
 # -----------------------------------------------------------------------------
-# 6. The kernel's layers: libc, mounts, namespaces, descriptors
+# 6. The kernel's layers: libc, mounts, namespaces, the memory cgroup, descriptors
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x20000, 0x8000000, 0x10000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
@@ -1040,7 +1084,7 @@ def _remount_read_only(old, new):
     a mount's flags (in a user namespace they are locked); these ST_* equal the MS_*."""
     keep = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC | os.ST_NOATIME | os.ST_NODIRATIME
     for line in Path(f"{old}/proc/self/mountinfo").read_text().splitlines():
-        target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+        target = _unescape(line.split()[4])
         if not (target == new or target.startswith(new + "/")) or \
                 target in (f"{new}/tmp", f"{new}/dev/shm", f"{new}/proc"):
             continue
@@ -1053,6 +1097,114 @@ def _pivot_root(new, old):
     if SYS_PIVOT_ROOT is None:
         raise OSError(0, f"pivot_root: unknown on {platform.machine()}")
     _libc_call("syscall", ctypes.c_long(SYS_PIVOT_ROOT), new.encode(), old.encode())
+
+
+def _unescape(path):
+    """A path as /proc/self/mountinfo writes it (a space as \\040) -> the path."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+
+
+class _MemoryCgroup:
+    """The memory cgroup of one zygote's programs (one program at a time): its files opened while
+    /sys is still there. OSError where none can be made (no memory controller that reaches us, no
+    right to make a cgroup)."""
+
+    FILES = {2: ("memory.max", "memory.events"), 1: ("memory.limit_in_bytes", "memory.oom_control")}
+
+    def __init__(self):
+        self.name, self.mb, why = f"sandbox-{os.getpid()}", None, None
+        for path, version in _cgroup_parents():
+            self.parent = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                _remove_stale(self.parent)
+                os.mkdir(self.name, 0o755, dir_fd=self.parent)
+                break
+            except OSError as e:   # (not ours to write, read-only): the next place, if any
+                why = e
+                os.close(self.parent)
+        else:
+            raise why or OSError(0, "no memory controller (cgroup v2 or v1) within reach")
+        try:
+            limit, events = self.FILES[version]
+            self.limit_fd = self._open(limit, os.O_WRONLY)
+            self.events = self._open(events, os.O_RDONLY)
+            self.procs = self._open("cgroup.procs", os.O_WRONLY)
+            if version == 2 and os.path.exists(f"{path}/{self.name}/memory.swap.max"):
+                swap = self._open("memory.swap.max", os.O_WRONLY)   # held in RAM, not in swap
+                os.write(swap, b"0")
+                os.close(swap)
+            self.limit(MEMORY_MB)
+            child = os.fork()   # can a process of ours join? (a delegated cgroup may forbid it)
+            if child == 0:
+                os._exit(os.write(self.procs, b"0") != 1)
+            if os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]):
+                raise OSError(0, "cannot move a process into it")
+        except OSError:
+            self.remove()
+            raise
+
+    def _open(self, name, flags):
+        return os.open(f"{self.name}/{name}", flags | os.O_CLOEXEC, dir_fd=self.parent)
+
+    def limit(self, mb):
+        os.write(self.limit_fd, str(mb << 20).encode())
+        self.mb = mb
+
+    def remove(self):
+        try:
+            os.rmdir(self.name, dir_fd=self.parent)
+        except OSError:
+            pass
+
+
+def _cgroup_parents():
+    """[(directory, cgroup version)] where a memory cgroup for our programs may go, v2 first. v2:
+    in our own cgroup, or beside it (bounded by the limits above ours, not by ours), as the
+    no-internal-processes rule lets a cgroup that holds processes (ours: the harness, us) hand no
+    controller down; either only where the memory controller is handed down. v1: in our own."""
+    own = {}   # controller ("" for v2's unified hierarchy) -> our cgroup's path in it
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        own.update({c: path for c in controllers.split(",")})
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        fstype, options = fields[fields.index("-") + 1], fields[-1].split(",")
+        key = "" if fstype == "cgroup2" else "memory" if "memory" in options else None
+        if fstype not in ("cgroup", "cgroup2") or key not in own:
+            continue
+        where = os.path.relpath(own[key], fields[3])   # the mount may show a subtree (its root)
+        if where.startswith(".."):
+            continue
+        path = os.path.normpath(os.path.join(_unescape(fields[4]), where))
+        if key == "memory":
+            found.append((path, 1))
+        for parent in dict.fromkeys([path, os.path.dirname(path)] if key == "" else []):
+            try:
+                if "memory" in Path(f"{parent}/cgroup.subtree_control").read_text().split():
+                    found.append((parent, 2))
+            except OSError:
+                pass
+    return sorted(found, key=lambda f: -f[1])   # v2 first
+
+
+def _remove_stale(parent):
+    """The cgroups of zygotes that were killed (they remove their own when they end): empty ones
+    whose zygote is gone."""
+    for name in os.listdir(parent):
+        m = re.fullmatch(r"sandbox-(\d+)", name)
+        if m and not os.path.exists(f"/proc/{m[1]}"):
+            try:
+                os.rmdir(name, dir_fd=parent)
+            except OSError:   # not empty: a process of it still dies
+                pass
+
+
+def _oom_kills(fd):
+    """How many processes the OOM killer has killed: the "oom_kill" line of a cgroup's
+    memory.events (v2) or memory.oom_control (v1), or of /proc/vmstat."""
+    m = re.search(rb"^oom_kill (\d+)", os.pread(fd, 1 << 16, 0), re.M)
+    return int(m[1]) if m else 0
 
 
 def _python_paths():
@@ -1096,3 +1248,5 @@ if __name__ == "__main__" and sys.argv[1:] == ["_zygote"]:   # started by Sandbo
         _send(harness.fileno(), ("error", str(e.code)))
         sys.exit(1)
     zygote.serve(harness)
+    if zygote.memory:
+        zygote.memory.remove()
