@@ -280,12 +280,19 @@ def test_sample_and_loss_on_a_subset_and_the_loss_file_names_its_benchmark(tmp_p
     r = json.loads(loss.read_text())
     assert r["benchmark"] == str(problems) and r["problems"] == 2
     assert sorted(r["per_problem"]) == ["T/1", "T/2"]
+    # the attention kind is a choice of kernel, not of the loss (on a CPU both run SDPA)
+    E.main(["loss", *common, "--task_ids=T/1,T/2", "--attention=sdpa", f"--out={loss}"])
+    assert json.loads(loss.read_text())["loss"] == r["loss"]
     E.main(["loss", *common[:2], "--problems=humaneval", "--limit=3", f"--out={loss}"])
     r = json.loads(loss.read_text())
     assert r["benchmark"] == "humaneval" and r["problems"] == 3 and r["split"] == "test"
     capsys.readouterr()
     assert "T/9" in error_line(capsys, ["loss", *common, "--task_ids=T/9"])
     assert "T/9" in error_line(capsys, ["sample", *common, "--task_ids=T/9"])
+    assert "attention=triton needs a CUDA GPU" in error_line(capsys, ["loss", *common, "--attention=triton"])
+    assert "choose one of auto, triton, sdpa" in error_line(capsys, ["loss", *common, "--attention=flash"])
+    # no leftover command that only points elsewhere: "bench" is unknown, and the commands are listed
+    assert "unknown command 'bench'; choose one of sample, check, loss" in error_line(capsys, ["bench"])
 
 
 def test_sample_with_a_short_context_truncates_and_flags(tmp_path, capsys):
