@@ -1114,33 +1114,37 @@ class _MemoryCgroup:
     def __init__(self):
         self.name, self.mb, why = f"sandbox-{os.getpid()}", None, None
         for path, version in _cgroup_parents():
-            self.parent = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                _remove_stale(self.parent)
-                os.mkdir(self.name, 0o755, dir_fd=self.parent)
-                break
-            except OSError as e:   # (not ours to write, read-only): the next place, if any
+                return self._make(path, version)
+            except OSError as e:   # (not ours to write, read-only, ...): the next place, if any
                 why = e
-                os.close(self.parent)
-        else:
-            raise why or OSError(0, "no memory controller (cgroup v2 or v1) within reach")
+        raise why or OSError(0, "no memory controller (cgroup v2 or v1) within reach")
+
+    def _make(self, path, version):
+        self.parent = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            limit, events = self.FILES[version]
-            self.limit_fd = self._open(limit, os.O_WRONLY)
-            self.events = self._open(events, os.O_RDONLY)
-            self.procs = self._open("cgroup.procs", os.O_WRONLY)
-            if version == 2 and os.path.exists(f"{path}/{self.name}/memory.swap.max"):
-                swap = self._open("memory.swap.max", os.O_WRONLY)   # held in RAM, not in swap
-                os.write(swap, b"0")
-                os.close(swap)
-            self.limit(MEMORY_MB)
-            child = os.fork()   # can a process of ours join? (a delegated cgroup may forbid it)
-            if child == 0:
-                os._exit(os.write(self.procs, b"0") != 1)
-            if os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]):
-                raise OSError(0, "cannot move a process into it")
+            _remove_stale(self.parent)
+            os.mkdir(self.name, 0o755, dir_fd=self.parent)
+            try:
+                limit, events = self.FILES[version]
+                self.limit_fd = self._open(limit, os.O_WRONLY)
+                self.events = self._open(events, os.O_RDONLY)
+                self.procs = self._open("cgroup.procs", os.O_WRONLY)
+                if version == 2 and os.path.exists(f"{path}/{self.name}/memory.swap.max"):
+                    swap = self._open("memory.swap.max", os.O_WRONLY)   # in RAM, not in swap
+                    os.write(swap, b"0")
+                    os.close(swap)
+                self.limit(MEMORY_MB)
+                child = os.fork()   # can a process of ours join? (a delegated cgroup may forbid it)
+                if child == 0:
+                    os._exit(os.write(self.procs, b"0") != 1)
+                if os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]):
+                    raise OSError(0, "cannot move a process into it")
+            except OSError:
+                self.remove()
+                raise
         except OSError:
-            self.remove()
+            os.close(self.parent)
             raise
 
     def _open(self, name, flags):
