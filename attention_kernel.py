@@ -259,11 +259,29 @@ def _dropout_state(SEED, bh, drop_t, DROPOUT: tl.constexpr):
 
 
 @triton.jit
-def _bytes_ge(w, t):
-    """(..., 2, 2): byte 2*i + j of the 32-bit words w compared with the 8-bit threshold t, at
-    [..., j, i]."""
-    return tl.join(tl.join((w & 0xFF) >= t, (w & 0xFF00) >= (t << 8)),
-                   tl.join((w & 0xFF0000) >= (t << 16), w >= (t << 24)))
+def _philox(seed, c0, c1, c2, c3):
+    """tl.philox(seed, c0, c1, c2, c3) bit for bit (Philox-4x32-10, key = the 64-bit seed), with
+    each round's two 32 x 32-bit products taken whole, as 64-bit products: one IMAD.WIDE each on
+    sm_90, where tl.philox's separate high and low halves (umulhi, mul) take two."""
+    k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
+    k1 = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    for _ in tl.static_range(10):
+        b_c2 = c2.to(tl.uint64) * 0xCD9E8D57
+        a_c0 = c0.to(tl.uint64) * 0xD2511F53
+        c0 = (b_c2 >> 32).to(tl.uint32) ^ c1 ^ k0
+        c2 = (a_c0 >> 32).to(tl.uint32) ^ c3 ^ k1
+        c1 = b_c2.to(tl.uint32)
+        c3 = a_c0.to(tl.uint32)
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _bytes_on_top(w):
+    """(..., 2, 2) uint32: the words w shifted so that byte 2*i + j is their top byte, at
+    [..., j, i]. Then byte >= t is one compare: (w << 8 * (3 - byte)) >= t << 24."""
+    return tl.join(tl.join(w << 24, w << 16), tl.join(w << 8, w))
 
 
 @triton.jit
@@ -279,19 +297,20 @@ def _keep(dropout, m0, n0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     computes it. Entry (i, j) takes word j // 8 % 4, byte 2 * (i // 8 % 2) + j % 2.
     """
     seed, bh, drop_t = dropout
-    a = tl.arange(0, BLOCK_M // 16)[:, None, None, None]
-    r = tl.arange(0, 8)[None, :, None, None]
-    c = tl.arange(0, BLOCK_N // 32)[None, None, :, None]
+    c = tl.arange(0, BLOCK_N // 32)[:, None, None, None]
+    a = tl.arange(0, BLOCK_M // 16)[None, :, None, None]
+    r = tl.arange(0, 8)[None, None, :, None]
     q = tl.arange(0, 4)[None, None, None, :]
-    query_group = (m0 // 2 + a * 8 + r).to(tl.uint32)  # (M/16, 8, 1, 1)
-    key_group = (n0 // 8 + c * 4 + q).to(tl.uint32)    # (1, 1, N/32, 4)
+    query_group = (m0 // 2 + a * 8 + r).to(tl.uint32)  # (1, M/16, 8, 1)
+    key_group = (n0 // 8 + c * 4 + q).to(tl.uint32)    # (N/32, 1, 1, 4)
     key_group, query_group = tl.broadcast(key_group, query_group)
-    w0, w1, w2, w3 = tl.philox(seed, key_group, query_group, bh.to(tl.uint32), 0)
-    t = drop_t.to(tl.uint32)
-    keep = tl.join(tl.join(_bytes_ge(w0, t), _bytes_ge(w1, t)),
-                   tl.join(_bytes_ge(w2, t), _bytes_ge(w3, t)))
-    # (a, r, c, q, key bit 0, query bit 3, key bit 3, key bit 4) -> (query, key)
-    return tl.reshape(tl.permute(keep, (0, 5, 1, 2, 7, 6, 3, 4)), (BLOCK_M, BLOCK_N))
+    w0, w1, w2, w3 = _philox(seed.to(tl.uint64), key_group, query_group, bh.to(tl.uint32),
+                             tl.zeros_like(key_group))
+    bytes = tl.join(tl.join(_bytes_on_top(w0), _bytes_on_top(w1)),
+                    tl.join(_bytes_on_top(w2), _bytes_on_top(w3)))
+    # (c, a, r, q, key bit 0, query bit 3, key bit 3, key bit 4) -> (query, key)
+    bytes = tl.reshape(tl.permute(bytes, (1, 5, 2, 0, 7, 6, 3, 4)), (BLOCK_M, BLOCK_N))
+    return bytes >= drop_t.to(tl.uint32) << 24
 
 
 @triton.jit
@@ -340,7 +359,10 @@ def _fwd_inner(acc, l_i, m_i, q, Kh, Vh, queries, start, end, T, qk_scale, dropo
         l_i = l_i * alpha + tl.sum(p, 1)  # the softmax denominator counts dropped entries too
         acc = acc * alpha[:, None]
         if DROPOUT:  # 1/(1-p) is applied once at the end
-            p = tl.where(_keep(dropout, queries[0], start_n, BLOCK_M, BLOCK_N), p, 0.0)
+            # an opaque zero (0 * m_new, per row): with a literal 0 the compiler moves the select
+            # past the bf16 conversion below, where it costs two instructions per score, not one
+            p = tl.where(_keep(dropout, queries[0], start_n, BLOCK_M, BLOCK_N), p,
+                         (m_new * 0.0)[:, None])
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
         kt_block += BLOCK_N * stride_kt
@@ -438,7 +460,8 @@ def _bwd_inner(dk, dv, k, v, Qh, DOh, DQh, rows, n0, start, end, T, scales, drop
     (FUSE_DQ) dQ += dS K added to the fp32 dQ rows with atomics.
 
     Qh, DOh, DQh: (this head's pointer, stride between tokens, stride within a head); rows: (LSE,
-    DELTA of this head, DS, DE of this sequence); scales: (qk_scale, sm_scale, drop_scale);
+    DELTA of this head, DS, DE of this sequence); scales: (qk_scale, sm_scale * drop_scale,
+    drop_scale);
     dropout: see _keep. Tiles are (queries, keys), as in the forward, so the dropout bits come out
     of _keep the same way; P^T and dS^T go to the matmuls via shared memory, as in
     FlashAttention-2."""
@@ -446,7 +469,7 @@ def _bwd_inner(dk, dv, k, v, Qh, DOh, DQh, rows, n0, start, end, T, scales, drop
     DO_bh, stride_dot, stride_dod = DOh
     DQ_bh, stride_dqt, stride_dqd = DQh
     LSE_bh, DELTA_bh, DS_b, DE_b = rows
-    qk_scale, sm_scale, drop_scale = scales
+    qk_scale, dq_scale, drop_scale = scales
     BLOCK_N: tl.constexpr = k.shape[0]
     arange_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, k.shape[1])
@@ -475,17 +498,21 @@ def _bwd_inner(dk, dv, k, v, Qh, DOh, DQh, rows, n0, start, end, T, scales, drop
             ok = _visible((start_m, ds_m, de_m), offs_n, T, CAUSAL, HAS_DOCS)
             p = tl.where(ok & row_ok[:, None], p, 0.0)
         dp = tl.dot(do, tl.trans(v))  # (BLOCK_M, BLOCK_N)
-        if DROPOUT:  # dV's 1/(1-p) is applied once at the end; dP's rides on the FMA with delta
-            keep = _keep(dropout, start_m, n0, BLOCK_M, BLOCK_N)
-            dv = tl.dot(tl.trans(tl.where(keep, p, 0.0).to(do.dtype)), do, dv)
-            ds = p * (tl.where(keep, dp, 0.0) * drop_scale - delta[:, None])
+        if DROPOUT:
+            # O = (P * Z) V / (1 - p), Z the keep-mask: dV = (P * Z)^T dO / (1 - p) and
+            # dS = P * (dP * Z / (1 - p) - delta) = (P * Z * dP - P * delta (1 - p)) / (1 - p),
+            # each 1/(1 - p) applied once per program (to dV, dK and dQ), not per score
+            p_kept = tl.where(_keep(dropout, start_m, n0, BLOCK_M, BLOCK_N), p,
+                              (lse * 0.0)[:, None])  # an opaque zero: see _fwd_inner
+            dv = tl.dot(tl.trans(p_kept.to(do.dtype)), do, dv)
+            ds = p_kept * dp - p * (delta / drop_scale)[:, None]
         else:
             dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)
             ds = p * (dp - delta[:, None])  # dS = P * (dP - delta)
         ds = ds.to(q.dtype)
         dk = tl.dot(tl.trans(ds), q, dk)
         if FUSE_DQ:
-            dq = tl.dot(ds, k) * sm_scale  # (BLOCK_M, D), this key block's share
+            dq = tl.dot(ds, k) * dq_scale  # (BLOCK_M, D), this key block's share
             tl.atomic_add(dq_block + dq_offs, dq, mask=row_ok[:, None] if MASKED else None,
                           sem="relaxed")
         q_block += BLOCK_M * stride_qt
@@ -531,7 +558,7 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, DELTA, DS, DE, SEED, drop_t, drop_sc
     DOh = (DO + b * stride_dob + h * stride_doh, stride_dot, stride_dod)
     DQh = (DQ + b * stride_dqb + h * stride_dqh, stride_dqt, stride_dqd)
     rows = (LSE + bh * T, DELTA + bh * T, DS + b * T, DE + b * T)
-    scales = (sm_scale * LOG2E, sm_scale, drop_scale)
+    scales = (sm_scale * LOG2E, sm_scale * drop_scale, drop_scale)  # drop_scale 1: no dropout
     dropout = _dropout_state(SEED, bh, drop_t, DROPOUT)
     # queries [lo, s1) masked, [s1, s2) the unmasked bulk, [s2, hi) masked (see _key_stages)
     stages = _key_stages(DS + b * T, DE + b * T, n0, T, CAUSAL, HAS_DOCS, BLOCK_M, BLOCK_N)
@@ -541,7 +568,7 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, DELTA, DS, DE, SEED, drop_t, drop_sc
                             MASKED=s != 1, CAUSAL=CAUSAL, HAS_DOCS=HAS_DOCS, DROPOUT=DROPOUT,
                             FUSE_DQ=FUSE_DQ, BLOCK_M=BLOCK_M)
 
-    dk = dk * sm_scale  # S = sm_scale * Q K^T
+    dk = dk * (sm_scale * drop_scale)  # S = sm_scale * Q K^T; dropout's 1/(1 - p)
     if DROPOUT:
         dv = dv * drop_scale
     tl.store(DK + b * stride_dkb + h * stride_dkh + keys * stride_dkt
@@ -574,10 +601,12 @@ def _dq_inner(dq, q, do, lse, delta, Kh, Vh, queries, start, end, T, qk_scale, d
         if MASKED:
             p = tl.where(_visible(queries, offs_n, T, CAUSAL, HAS_DOCS), p, 0.0)
         dp = tl.dot(do, vt)  # (BLOCK_M, BLOCK_N)
-        if DROPOUT:
-            keep = _keep((seed, bh, drop_t), queries[0], start_n, BLOCK_M, BLOCK_N)
-            dp = tl.where(keep, dp, 0.0) * drop_scale
-        ds = p * (dp - delta[:, None])
+        if DROPOUT:  # as in _bwd_inner, 1/(1 - p) applied once, to dQ at the end
+            p_kept = tl.where(_keep((seed, bh, drop_t), queries[0], start_n, BLOCK_M, BLOCK_N),
+                              p, (lse * 0.0)[:, None])
+            ds = p_kept * dp - p * (delta / drop_scale)[:, None]
+        else:
+            ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
         kt_block += BLOCK_N * stride_kt
         vt_block += BLOCK_N * stride_vt
@@ -628,7 +657,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, DS, DE, SEED, drop_t, drop_scale, 
                            dropout=(seed, bh, drop_t, drop_scale), MASKED=s != 1, CAUSAL=CAUSAL,
                            HAS_DOCS=HAS_DOCS, DROPOUT=DROPOUT, BLOCK_N=BLOCK_N)
 
-    dq = dq * sm_scale
+    dq = dq * (sm_scale * drop_scale)  # drop_scale 1 without dropout
     tl.store(DQ + b * stride_dqb + h * stride_dqh + rows * stride_dqt
              + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 

@@ -13,6 +13,7 @@ import sys
 import sysconfig
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -287,6 +288,38 @@ def test_dropout_bits_are_uniform_and_p_is_rounded_to_a_256th():
     assert torch.allclose(parts.mean(dim=(0, 1, 2, 4, 5, 8)), torch.tensor(0.5), atol=0.03)  # 4 sigma
     for p in (0.1, 0.9):
         assert abs(ak.dropout_mask(3, B, H, T, p).float().mean().item() - (1 - round(256 * p) / 256)) < 0.01
+
+
+def philox_4x32_10(seed, c0, c1, c2, c3):
+    """Philox-4x32-10 (Salmon et al. 2011) on numpy uint64 arrays holding 32-bit counters, key =
+    the 64-bit seed: the generator the kernels' dropout is defined by, written independently."""
+    low = np.uint64(0xFFFFFFFF)
+    k0, k1 = np.uint64(seed) & low, np.uint64(seed) >> np.uint64(32)
+    for _ in range(10):
+        a_c0, b_c2 = c0 * np.uint64(0xD2511F53), c2 * np.uint64(0xCD9E8D57)  # exact: < 2^64
+        c0, c2 = (b_c2 >> np.uint64(32)) ^ c1 ^ k0, (a_c0 >> np.uint64(32)) ^ c3 ^ k1
+        c1, c3 = b_c2 & low, a_c0 & low
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & low, (k1 + np.uint64(0xBB67AE85)) & low
+    return c0, c1, c2, c3
+
+
+@interpreter_only
+def test_dropout_mask_is_the_documented_philox_draw():
+    """The keep-mask, entry by entry, as the docs define it: entry (query i, key j) of head bh
+    takes byte 2 (i // 8 % 2) + j % 2 of word j // 8 % 4 of Philox-4x32-10 with counter
+    ((j // 32) 4 + j % 8 // 2, (i // 16) 8 + i % 8, bh, 0) under the seed, and is kept when that
+    byte is >= round(256 p). Any change to how the kernels draw the mask fails here."""
+    B, H, T, p = 2, 2, 70, 0.3
+    i, j = np.indices((T, T), dtype=np.uint64)  # (T, T) each: query and key positions
+    for seed in (7, 2**40 + 12345):
+        want = torch.empty(B, H, T, T, dtype=torch.bool)
+        for bh in range(B * H):
+            words = philox_4x32_10(seed, (j // 32) * 4 + j % 8 // 2, (i // 16) * 8 + i % 8,
+                                   np.full((T, T), bh, dtype=np.uint64), 0 * i)
+            word = np.choose((j // 8 % 4).astype(np.int64), words)
+            byte = (word >> (np.uint64(8) * (2 * (i // 8 % 2) + j % 2))) & np.uint64(0xFF)
+            want[bh // H, bh % H] = torch.from_numpy(byte >= round(256 * p))
+        assert torch.equal(ak.dropout_mask(seed, B, H, T, p), want)
 
 
 @interpreter_only
