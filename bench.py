@@ -48,13 +48,14 @@ import configurator
 from configurator import RunError, UserError
 from data import cache_key, parse_sources, Source, tokenize_source
 from dedup import default_workers
+from devices import processes, setup_device
 from eval import load_problems, program_parts
 from files import atomic_write, fmt_time
 from filter import COMMON_OPTIONS, stage_all, STAGE_OPTIONS
-from model import Phi, PhiConfig, PRESETS
+from model import ATTENTION_KINDS, Phi, PhiConfig, PRESETS
 from sandbox import run_programs
 from tokenizer import get_tokenizer
-from train import processes, RECIPES, setup_device
+from train import RECIPES
 from weights import save_pretrained
 
 COMMANDS = {
@@ -82,10 +83,13 @@ TRAIN_OPTIONS = {
     "device": ("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1"),
     "bench_steps": (10, "measured steps, each one micro-batch per process, after 3 warmup steps"),
     "seed": (1337, "seeds the weights and the random tokens"),
+    "attention": ("triton,sdpa", "the attention kinds to time side by side (model.py: triton, "
+                                 "sdpa, auto); triton is skipped without a GPU"),
 }
 TRAIN_DOC = """python bench.py train: training throughput (tokens/s) and MFU of train.py's step
 (forward, backward, gradient clipping, AdamW) on random tokens: no data, no checkpoints. Each step
-is one micro-batch per process; under torchrun every process runs one, as in training.
+is one micro-batch per process; under torchrun every process runs one, as in training. One line
+per attention kind (our Triton kernel, PyTorch's SDPA), the same model and batches, in one run.
 
     python bench.py train --recipe=pretrain --model=phi-1 --compile=True    # the paper's shape
     python bench.py train --model=nano --block_size=32 --batch_size=2 --bench_steps=2  # CPU, 10 s
@@ -105,6 +109,9 @@ def bench_train(argv):
         raise UserError(f"--model={model}: choose one of {', '.join(PRESETS)}")
     if a.bench_steps < 1 or batch_size < 1 or block_size < 1:
         raise UserError("--bench_steps, --batch_size and --block_size must be positive")
+    kinds = [k.strip() for k in a.attention.split(",") if k.strip()]
+    if not kinds or set(kinds) - set(ATTENTION_KINDS):
+        raise UserError(f"--attention={a.attention}: a list of {', '.join(ATTENTION_KINDS)}")
     proc = setup_device(processes(), a.device, a.dtype, a.compile)
     if proc.ddp:
         dist.init_process_group(backend="nccl" if proc.device_type == "cuda" else "gloo")
@@ -126,8 +133,38 @@ def bench_train(argv):
                for _ in range(2)]                                                  # (B, T+1)
     batches = [(w[:, :-1].contiguous().to(proc.dev), w[:, 1:].contiguous().to(proc.dev))
                for w in windows]                                                   # (B, T), (B, T)
-    warmup, times = 3, []
-    for i in range(warmup + a.bench_steps):
+    name = torch.cuda.get_device_name() if proc.device_type == "cuda" else "cpu"
+    if proc.master:
+        load = os.getloadavg()
+        print(f"bench train on {platform.node()}, {os.cpu_count()} CPU(s), load average "
+              f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, torch {torch.__version__}, "
+              f"{datetime.now():%Y-%m-%d %H:%M}", flush=True)
+    for kind in kinds:  # the same weights, optimizer and batches for each: only attention differs
+        head = (f"bench: {model}, attention {kind}, batch {batch_size} x {block_size} per "
+                f"process, {proc.world} x {name}, {proc.dtype}{', compiled' if a.compile else ''}")
+        if kind == "triton" and proc.device_type != "cuda":
+            if proc.master:
+                print(f"{head}: n/a (the Triton kernel needs a GPU)", flush=True)
+            continue
+        net.set_attention(kind)
+        warmup = 3  # torch.compile compiles again for each kind in its first steps
+        step_s, loss = time_steps(runner, net, optimizer, scaler, batches, proc,
+                                  warmup, a.bench_steps)
+        tok_s = batch_size * block_size * proc.world / step_s
+        mfu = net.estimate_mfu(tok_s / proc.world)
+        if proc.master:
+            print(f"{head}: {tok_s:,.0f} tokens/s ({tok_s / proc.world:,.0f} per process), "
+                  f"{step_s * 1000:.1f} ms/step over {a.bench_steps} steps after {warmup} warmup, "
+                  f"MFU {'n/a (no known peak for this device)' if mfu is None else f'{mfu:.1%}'}, "
+                  f"last loss {loss:.3f}", flush=True)
+    if proc.ddp:
+        dist.destroy_process_group()
+
+
+def time_steps(runner, net, optimizer, scaler, batches, proc, warmup, steps):
+    """(seconds per training step, the last loss) over `steps` steps after `warmup` ones."""
+    times = []
+    for i in range(warmup + steps):
         sync_device(proc)
         t0 = time.time()
         with proc.autocast:
@@ -141,23 +178,7 @@ def bench_train(argv):
         sync_device(proc)
         if i >= warmup:
             times.append(time.time() - t0)
-    step_s = sum(times) / len(times)
-    tok_s = batch_size * block_size * proc.world / step_s
-    mfu = net.estimate_mfu(tok_s / proc.world)
-    name = torch.cuda.get_device_name() if proc.device_type == "cuda" else "cpu"
-    if proc.master:
-        load = os.getloadavg()
-        print(f"bench train on {platform.node()}, {os.cpu_count()} CPU(s), load average "
-              f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, torch {torch.__version__}, "
-              f"{datetime.now():%Y-%m-%d %H:%M}")
-        print(f"bench: {model}, batch {batch_size} x {block_size} per process, {proc.world} x "
-              f"{name}, {proc.dtype}{', compiled' if a.compile else ''}: {tok_s:,.0f} tokens/s "
-              f"({tok_s / proc.world:,.0f} per process), {step_s * 1000:.1f} ms/step over "
-              f"{a.bench_steps} steps after {warmup} warmup, MFU "
-              f"{'n/a (no known peak for this device)' if mfu is None else f'{mfu:.1%}'}, "
-              f"last loss {loss.item():.3f}", flush=True)
-    if proc.ddp:
-        dist.destroy_process_group()
+    return sum(times) / len(times), loss.item()
 
 
 def sync_device(proc):
