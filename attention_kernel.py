@@ -101,12 +101,13 @@ def flash_attention_tiles(q, k, v, mask, BLOCK_M=16, BLOCK_N=16):
 
 # The backward of o = P V, P = softmax(S) row by row, S = sm_scale * Q K^T, given dO:
 #   dV = P^T dO and dP = dO V^T, as for any matmul.
-#   Softmax: dP_ij/dS_ik = P_ij (1[j = k] - P_ik), so dS_ik = sum_j dP_ij P_ij (1[j = k] - P_ik)
-#   = P_ik (dP_ik - delta_i) with delta_i = sum_j P_ij dP_ij: dS = P * (dP - delta).
+#   Softmax: the derivative of P_ij by S_ik is P_ij (1[j = k] - P_ik), so
+#   dS_ik = sum_j dP_ij P_ij (1[j = k] - P_ik) = P_ik (dP_ik - delta_i), delta_i = sum_j P_ij dP_ij:
+#   dS = P * (dP - delta).
 #   delta needs no row of T scores: sum_j P_ij dP_ij = sum_j P_ij (dO_i . v_j)
 #   = dO_i . (sum_j P_ij v_j) = dO_i . O_i, so delta = rowsum(dO * O), computed first (_bwd_delta).
-#   (With dropout O = (P * Z) V / (1 - p), Z the keep-mask: dP gets the same Z / (1 - p), and
-#   sum_j P_ij dP_ij = dO_i . O_i still holds.)
+#   (With dropout O = (P * Z) V / (1 - p), Z the keep-mask: the gradient of P is dP * Z / (1 - p),
+#   and the same steps give delta = rowsum(dO * O) again.)
 #   dQ = sm_scale dS K and dK = sm_scale dS^T Q.
 # P itself is recomputed tile by tile from the forward's lse: P = exp2(S * log2 e - lse).
 
@@ -568,8 +569,9 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, DELTA, DS, DE, SEED, drop_t, drop_sc
                             MASKED=s != 1, CAUSAL=CAUSAL, HAS_DOCS=HAS_DOCS, DROPOUT=DROPOUT,
                             FUSE_DQ=FUSE_DQ, BLOCK_M=BLOCK_M)
 
-    dk = dk * (sm_scale * drop_scale)  # S = sm_scale * Q K^T; dropout's 1/(1 - p)
-    if DROPOUT:
+    dk = dk * sm_scale  # S = sm_scale * Q K^T
+    if DROPOUT:  # the 1/(1 - p) left out of _bwd_inner's dropout branch
+        dk = dk * drop_scale
         dv = dv * drop_scale
     tl.store(DK + b * stride_dkb + h * stride_dkh + keys * stride_dkt
              + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty), mask=key_ok)
