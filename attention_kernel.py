@@ -462,7 +462,7 @@ def _bwd_inner(dk, dv, k, v, Qh, DOh, DQh, rows, n0, start, end, T, scales, drop
 
     Qh, DOh, DQh: (this head's pointer, stride between tokens, stride within a head); rows: (LSE,
     DELTA of this head, DS, DE of this sequence); scales: (qk_scale, sm_scale * drop_scale,
-    drop_scale);
+    keep_prob);
     dropout: see _keep. Tiles are (queries, keys), as in the forward, so the dropout bits come out
     of _keep the same way; P^T and dS^T go to the matmuls via shared memory, as in
     FlashAttention-2."""
@@ -470,7 +470,7 @@ def _bwd_inner(dk, dv, k, v, Qh, DOh, DQh, rows, n0, start, end, T, scales, drop
     DO_bh, stride_dot, stride_dod = DOh
     DQ_bh, stride_dqt, stride_dqd = DQh
     LSE_bh, DELTA_bh, DS_b, DE_b = rows
-    qk_scale, dq_scale, drop_scale = scales
+    qk_scale, dq_scale, keep_prob = scales
     BLOCK_N: tl.constexpr = k.shape[0]
     arange_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, k.shape[1])
@@ -506,7 +506,7 @@ def _bwd_inner(dk, dv, k, v, Qh, DOh, DQh, rows, n0, start, end, T, scales, drop
             p_kept = tl.where(_keep(dropout, start_m, n0, BLOCK_M, BLOCK_N), p,
                               (lse * 0.0)[:, None])  # an opaque zero: see _fwd_inner
             dv = tl.dot(tl.trans(p_kept.to(do.dtype)), do, dv)
-            ds = p_kept * dp - p * (delta / drop_scale)[:, None]
+            ds = p_kept * dp - p * (delta * keep_prob)[:, None]
         else:
             dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)
             ds = p * (dp - delta[:, None])  # dS = P * (dP - delta)
@@ -559,7 +559,8 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, DELTA, DS, DE, SEED, drop_t, drop_sc
     DOh = (DO + b * stride_dob + h * stride_doh, stride_dot, stride_dod)
     DQh = (DQ + b * stride_dqb + h * stride_dqh, stride_dqt, stride_dqd)
     rows = (LSE + bh * T, DELTA + bh * T, DS + b * T, DE + b * T)
-    scales = (sm_scale * LOG2E, sm_scale * drop_scale, drop_scale)  # drop_scale 1: no dropout
+    # (drop_scale is 1 without dropout; keep_prob = 1 - p)
+    scales = (sm_scale * LOG2E, sm_scale * drop_scale, 1.0 / drop_scale)
     dropout = _dropout_state(SEED, bh, drop_t, DROPOUT)
     # queries [lo, s1) masked, [s1, s2) the unmasked bulk, [s2, hi) masked (see _key_stages)
     stages = _key_stages(DS + b * T, DE + b * T, n0, T, CAUSAL, HAS_DOCS, BLOCK_M, BLOCK_N)
@@ -584,11 +585,11 @@ def _dq_inner(dq, q, do, lse, delta, Kh, Vh, queries, start, end, T, qk_scale, d
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
               DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr):
     """Deterministic backward only: dQ of one query block over the key blocks [start, end), P
-    recomputed once more; the arguments as _fwd_inner's, drop_scale in dropout[3]."""
+    recomputed once more; the arguments as _fwd_inner's, 1 - p in dropout[3]."""
     BLOCK_M: tl.constexpr = q.shape[0]
     K_bh, stride_kt, stride_kd = Kh
     V_bh, stride_vt, stride_vd = Vh
-    seed, bh, drop_t, drop_scale = dropout
+    seed, bh, drop_t, keep_prob = dropout
     arange_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, q.shape[1])
     kt_offs = arange_n[None, :] * stride_kt + offs_d[:, None] * stride_kd  # (D, BLOCK_N)
@@ -606,7 +607,7 @@ def _dq_inner(dq, q, do, lse, delta, Kh, Vh, queries, start, end, T, qk_scale, d
         if DROPOUT:  # as in _bwd_inner, 1/(1 - p) applied once, to dQ at the end
             p_kept = tl.where(_keep((seed, bh, drop_t), queries[0], start_n, BLOCK_M, BLOCK_N),
                               p, (lse * 0.0)[:, None])
-            ds = p_kept * dp - p * (delta / drop_scale)[:, None]
+            ds = p_kept * dp - p * (delta * keep_prob)[:, None]
         else:
             ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
@@ -648,6 +649,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, DS, DE, SEED, drop_t, drop_scale, 
     delta = tl.load(DELTA + bh * T + offs_m, mask=row_ok, other=0.0)
     ds_m, de_m = _doc_bounds(DS + b * T, DE + b * T, offs_m, T, HAS_DOCS)
     seed, bh, drop_t = _dropout_state(SEED, bh, drop_t, DROPOUT)
+    dropout = (seed, bh, drop_t, 1.0 / drop_scale)  # with keep_prob = 1 - p
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     Kh = (K + b * stride_kb + h * stride_kh, stride_kt, stride_kd)  # this head's keys
     Vh = (V + b * stride_vb + h * stride_vh, stride_vt, stride_vd)
@@ -656,8 +658,8 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, DS, DE, SEED, drop_t, drop_scale, 
         if HAS_DOCS or s > 0:
             dq = _dq_inner(dq, q, do, lse, delta, Kh, Vh, (m0, ds_m, de_m), start=stages[s],
                            end=stages[s + 1], T=T, qk_scale=sm_scale * LOG2E,
-                           dropout=(seed, bh, drop_t, drop_scale), MASKED=s != 1, CAUSAL=CAUSAL,
-                           HAS_DOCS=HAS_DOCS, DROPOUT=DROPOUT, BLOCK_N=BLOCK_N)
+                           dropout=dropout, MASKED=s != 1, CAUSAL=CAUSAL, HAS_DOCS=HAS_DOCS,
+                           DROPOUT=DROPOUT, BLOCK_N=BLOCK_N)
 
     dq = dq * (sm_scale * drop_scale)  # drop_scale 1 without dropout
     tl.store(DQ + b * stride_dqb + h * stride_dqh + rows * stride_dqt
