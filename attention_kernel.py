@@ -503,8 +503,7 @@ def _bwd_inner(dk, dv, k, v, Qh, DOh, DQh, rows, n0, start, end, T, scales, drop
             # O = (P * Z) V / (1 - p), Z the keep-mask: dV = (P * Z)^T dO / (1 - p) and
             # dS = P * (dP * Z / (1 - p) - delta) = (P * Z * dP - P * delta (1 - p)) / (1 - p),
             # each 1/(1 - p) applied once per program (to dV, dK and dQ), not per score
-            p_kept = tl.where(_keep(dropout, start_m, n0, BLOCK_M, BLOCK_N), p,
-                              (lse * 0.0)[:, None])  # an opaque zero: see _fwd_inner
+            p_kept = tl.where(_keep(dropout, start_m, n0, BLOCK_M, BLOCK_N), p, 0.0)
             dv = tl.dot(tl.trans(p_kept.to(do.dtype)), do, dv)
             ds = p_kept * dp - p * (delta * keep_prob)[:, None]
         else:
@@ -606,7 +605,7 @@ def _dq_inner(dq, q, do, lse, delta, Kh, Vh, queries, start, end, T, qk_scale, d
         dp = tl.dot(do, vt)  # (BLOCK_M, BLOCK_N)
         if DROPOUT:  # as in _bwd_inner, 1/(1 - p) applied once, to dQ at the end
             p_kept = tl.where(_keep((seed, bh, drop_t), queries[0], start_n, BLOCK_M, BLOCK_N),
-                              p, (lse * 0.0)[:, None])
+                              p, 0.0)
             ds = p_kept * dp - p * (delta * keep_prob)[:, None]
         else:
             ds = p * (dp - delta[:, None])
