@@ -298,6 +298,9 @@ def _keep(dropout, m0, n0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     computes it. Entry (i, j) takes word j // 8 % 4, byte 2 * (i // 8 % 2) + j % 2.
     """
     seed, bh, drop_t = dropout
+    # Counters laid out (c, a, r, q): Triton's default layout for that order is the accumulator's
+    # (a on warps, r and q on lanes, c in registers), so the words need no trip through shared
+    # memory (except where the accumulator's layout replicates warps, as 64x64 tiles on 8 warps)
     c = tl.arange(0, BLOCK_N // 32)[:, None, None, None]
     a = tl.arange(0, BLOCK_M // 16)[None, :, None, None]
     r = tl.arange(0, 8)[None, None, :, None]
@@ -307,11 +310,11 @@ def _keep(dropout, m0, n0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     key_group, query_group = tl.broadcast(key_group, query_group)
     w0, w1, w2, w3 = _philox(seed.to(tl.uint64), key_group, query_group, bh.to(tl.uint32),
                              tl.zeros_like(key_group))
-    bytes = tl.join(tl.join(_bytes_on_top(w0), _bytes_on_top(w1)),
+    words = tl.join(tl.join(_bytes_on_top(w0), _bytes_on_top(w1)),
                     tl.join(_bytes_on_top(w2), _bytes_on_top(w3)))
     # (c, a, r, q, key bit 0, query bit 3, key bit 3, key bit 4) -> (query, key)
-    bytes = tl.reshape(tl.permute(bytes, (1, 5, 2, 0, 7, 6, 3, 4)), (BLOCK_M, BLOCK_N))
-    return bytes >= drop_t.to(tl.uint32) << 24
+    words = tl.reshape(tl.permute(words, (1, 5, 2, 0, 7, 6, 3, 4)), (BLOCK_M, BLOCK_N))
+    return words >= drop_t.to(tl.uint32) << 24  # each entry's byte, on top, >= drop_t
 
 
 @triton.jit
@@ -583,8 +586,9 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, DELTA, DS, DE, SEED, drop_t, drop_sc
 def _dq_inner(dq, q, do, lse, delta, Kh, Vh, queries, start, end, T, qk_scale, dropout,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
               DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Deterministic backward only: dQ of one query block over the key blocks [start, end), P
-    recomputed once more; the arguments as _fwd_inner's, 1 - p in dropout[3]."""
+    """Deterministic backward only: flash_attention_tiles_backward's dQ gathered per query block,
+    over the key blocks [start, end), P recomputed once more; the arguments as _fwd_inner's, 1 - p
+    in dropout[3]."""
     BLOCK_M: tl.constexpr = q.shape[0]
     K_bh, stride_kt, stride_kd = Kh
     V_bh, stride_vt, stride_vd = Vh
