@@ -374,6 +374,23 @@ def _fwd_inner(acc, l_i, m_i, q, Kh, Vh, queries, start, end, T, qk_scale, dropo
     return acc, l_i, m_i
 
 
+@triton.jit
+def _query_block(H, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    """(bh, b, h, m0) of a program over query blocks (forward, dQ): head bh = b * H + h on grid
+    axis 0 (up to 2^31 programs; axis 1 stops at 65535), int64 (b * stride_b can exceed 2^31), and
+    its first query m0. Causal: the last query blocks have the most keys to visit, so they are
+    launched first (longest job first keeps the SMs busy at the end of the grid instead of waiting
+    on a few long ones)."""
+    tl.static_assert(BLOCK_M % BLOCK_N == 0,
+                     "query blocks: BLOCK_M must be a multiple of BLOCK_N (causal diagonal)")
+    tl.static_assert(not DROPOUT or (BLOCK_M % 16 == 0 and BLOCK_N % 32 == 0),
+                     "dropout: 16 x 32 tiles (_keep)")
+    bh = tl.program_id(0).to(tl.int64)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1) if CAUSAL else tl.program_id(1)
+    return bh, bh // H, bh % H, pid_m * BLOCK_M
+
+
 @triton.jit(do_not_specialize=["drop_t"])
 def _attn_fwd(Q, K, V, O, LSE, DS, DE, SEED, drop_t, drop_scale, sm_scale,
               stride_qb, stride_qh, stride_qt, stride_qd,
@@ -384,18 +401,7 @@ def _attn_fwd(Q, K, V, O, LSE, DS, DE, SEED, drop_t, drop_scale, sm_scale,
               HAS_DOCS: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
               BLOCK_N: tl.constexpr):
     """One query block of flash_attention_tiles: o and the base-2 LSE of its rows."""
-    tl.static_assert(BLOCK_M % BLOCK_N == 0,
-                     "forward: BLOCK_M must be a multiple of BLOCK_N (causal diagonal)")
-    tl.static_assert(not DROPOUT or (BLOCK_M % 16 == 0 and BLOCK_N % 32 == 0),
-                     "dropout: 16 x 32 tiles (_keep)")
-    bh = tl.program_id(0).to(tl.int64)  # B*H on axis 0 (up to 2^31 programs; axis 1: 65535)
-    # Causal: the last query blocks have the most keys to visit, so they are launched first
-    # (longest job first keeps the SMs busy at the end of the grid instead of waiting on a few
-    # long programs).
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1) if CAUSAL else tl.program_id(1)
-    b = bh // H  # int64 from here on: b * stride_b can exceed 2^31
-    h = bh % H
-    m0 = pid_m * BLOCK_M
+    bh, b, h, m0 = _query_block(H, CAUSAL, DROPOUT, BLOCK_M, BLOCK_N)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < T
@@ -631,15 +637,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, DS, DE, SEED, drop_t, drop_scale, 
                  BLOCK_N: tl.constexpr):
     """The deterministic dQ: one pass over query blocks, each program writing its rows once, the
     query-block order of _attn_fwd (longest job first)."""
-    tl.static_assert(BLOCK_M % BLOCK_N == 0,
-                     "dQ: BLOCK_M must be a multiple of BLOCK_N (causal diagonal)")
-    tl.static_assert(not DROPOUT or (BLOCK_M % 16 == 0 and BLOCK_N % 32 == 0),
-                     "dropout: 16 x 32 tiles (_keep)")
-    bh = tl.program_id(0).to(tl.int64)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1) if CAUSAL else tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    m0 = pid_m * BLOCK_M
+    bh, b, h, m0 = _query_block(H, CAUSAL, DROPOUT, BLOCK_M, BLOCK_N)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < T
