@@ -471,10 +471,9 @@ def _bwd_inner(dk, dv, k, v, Qh, DOh, DQh, rows, n0, start, end, T, scales, drop
 
     Qh, DOh, DQh: (this head's pointer, stride between tokens, stride within a head); rows: (LSE,
     DELTA of this head, DS, DE of this sequence); scales: (qk_scale, sm_scale * drop_scale,
-    keep_prob);
-    dropout: see _keep. Tiles are (queries, keys), as in the forward, so the dropout bits come out
-    of _keep the same way; P^T and dS^T go to the matmuls via shared memory, as in
-    FlashAttention-2."""
+    keep_prob = 1 - p); dropout: see _keep. Tiles are (queries, keys), as in the forward, so the
+    dropout bits come out of _keep the same way; P^T and dS^T go to the matmuls via shared memory,
+    as in FlashAttention-2."""
     Q_bh, stride_qt, stride_qd = Qh
     DO_bh, stride_dot, stride_dod = DOh
     DQ_bh, stride_dqt, stride_dqd = DQh
@@ -778,8 +777,9 @@ def dropout_mask(seed, B, H, T, dropout_p, device="cpu"):
     return mask.bool()
 
 
-def _strides(x):
-    return (x.stride(0), x.stride(1), x.stride(2), x.stride(3))
+def _strides(*tensors):
+    """The (B, H, T, D) strides of each tensor in turn, as the kernels take them."""
+    return tuple(stride for x in tensors for stride in x.stride())
 
 
 def _common_args(q, causal, doc_bounds, dropout_p, seed):
@@ -800,8 +800,7 @@ def _forward(q, k, v, o, lse, causal, sm_scale, doc_bounds=None, dropout_p=0.0, 
     B, H, T, extra, meta = _common_args(q, causal, doc_bounds, dropout_p, seed)
     grid = lambda cfg: (B * H, triton.cdiv(T, cfg["BLOCK_M"]))
     _launch(attn_fwd, grid, deterministic, q, k, v, o, lse, *extra, float(sm_scale),
-            *_strides(q), *_strides(k), *_strides(v), *_strides(o), H, T,
-            triton.next_power_of_2(T), **meta)
+            *_strides(q, k, v, o), H, T, triton.next_power_of_2(T), **meta)
 
 
 def _backward(q, k, v, o, lse, do, dq, dk, dv, delta, causal, sm_scale, doc_bounds=None,
@@ -810,19 +809,19 @@ def _backward(q, k, v, o, lse, do, dq, dk, dv, delta, causal, sm_scale, doc_boun
     forward's o and lse. deterministic: dQ from a second pass over query blocks instead of fp32
     atomics, every kernel in its pinned config (bitwise reproducible)."""
     B, H, T, extra, meta = _common_args(q, causal, doc_bounds, dropout_p, seed)
-    _bwd_delta[(B * H, triton.cdiv(T, 64))](o, do, delta, *_strides(o), *_strides(do), H, T,
+    _bwd_delta[(B * H, triton.cdiv(T, 64))](o, do, delta, *_strides(o, do), H, T,
                                             HEAD_DIM=meta["HEAD_DIM"], BLOCK_M=64)
     # fp32 dQ for the atomics, laid out like dq; the deterministic pass writes dq directly
     dq_acc = dq if deterministic else _empty_bhtd(dq, torch.float32).zero_()
-    args = (*extra, float(sm_scale), *_strides(q), *_strides(k), *_strides(v), *_strides(do))
+    args = (*extra, float(sm_scale), *_strides(q, k, v, do))
+    sizes = (H, T, triton.next_power_of_2(T))
     grid_n = lambda cfg: (B * H, triton.cdiv(T, cfg["BLOCK_N"]))
     _launch(attn_bwd, grid_n, deterministic, q, k, v, do, dq_acc, dk, dv, lse, delta, *args,
-            *_strides(dq_acc), *_strides(dk), *_strides(dv), H, T, triton.next_power_of_2(T),
-            FUSE_DQ=not deterministic, **meta)
+            *_strides(dq_acc, dk, dv), *sizes, FUSE_DQ=not deterministic, **meta)
     if deterministic:
         grid_m = lambda cfg: (B * H, triton.cdiv(T, cfg["BLOCK_M"]))
-        _launch(attn_bwd_dq, grid_m, True, q, k, v, do, dq, lse, delta, *args, *_strides(dq), H,
-                T, triton.next_power_of_2(T), **meta)
+        _launch(attn_bwd_dq, grid_m, True, q, k, v, do, dq, lse, delta, *args, *_strides(dq),
+                *sizes, **meta)
     else:
         dq.copy_(dq_acc)
 
