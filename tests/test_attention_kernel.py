@@ -122,7 +122,8 @@ def assert_all_close(got, want, dtype, names=("o", "lse", "dq", "dk", "dv")):
 # ----------------------------------------------------------------------------------------------------------------
 # the algorithm in PyTorch (no Triton)
 
-@pytest.mark.parametrize("T,mask_kind", [(48, "causal"), (37, "causal"), (45, "docs"), (30, "full")])
+@pytest.mark.parametrize("T,mask_kind",
+                         [(48, "causal"), (37, "causal"), (45, "docs"), (30, "full")])
 def test_the_algorithm_in_pytorch_matches_attention_reference(T, mask_kind):
     """flash_attention_tiles and its backward, the algorithm the kernels mirror, against
     model.attention_reference and autograd: causal, document-masked, no mask; T a multiple of the
@@ -137,10 +138,10 @@ def test_the_algorithm_in_pytorch_matches_attention_reference(T, mask_kind):
     want = model.attention_reference(q, k, v, mask)
     do = torch.randn(B, H, T, D)
     want_grads = torch.autograd.grad(want, (q, k, v), do)
-    o, lse = ak.flash_attention_tiles(q.detach(), k.detach(), v.detach(), mask, BLOCK_M=16, BLOCK_N=8)
-    scores = (q.detach() @ k.detach().transpose(-1, -2) / math.sqrt(D)).masked_fill(~mask, float("-inf"))
-    grads = ak.flash_attention_tiles_backward(q.detach(), k.detach(), v.detach(), mask, o, lse, do,
-                                              BLOCK_M=8, BLOCK_N=16)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    o, lse = ak.flash_attention_tiles(q, k, v, mask, BLOCK_M=16, BLOCK_N=8)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(~mask, float("-inf"))
+    grads = ak.flash_attention_tiles_backward(q, k, v, mask, o, lse, do, BLOCK_M=8, BLOCK_N=16)
     tol = dict(atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(o, want.detach(), **tol)
     torch.testing.assert_close(lse, torch.logsumexp(scores, dim=-1) / math.log(2), **tol)
@@ -369,7 +370,7 @@ def test_deterministic_pins_one_config_per_kernel_without_timing(monkeypatch):
         configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=4, num_stages=2),
                    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8)]
         monkeypatch.setattr(kernel, "configs", configs)
-        monkeypatch.setattr(kernel, "run", lambda *a, **k: pytest.fail("autotuned in deterministic mode"))
+        monkeypatch.setattr(kernel, "run", lambda *a, **k: pytest.fail("autotuned when pinned"))
         spies[kernel] = LaunchSpy(kernel.fn)
         monkeypatch.setattr(kernel, "fn", spies[kernel])
     for T, docs in ((45, None), (70, make_doc_ids(1, 70, seed=1))):
@@ -480,7 +481,8 @@ def test_bench_attention_and_sass_arguments():
     (one line, exit 2), no GPU a RunError."""
     import bench
     args = bench.attention_args([])
-    assert args.shapes == bench.ATTENTION_SHAPES and args.doc_len == 512 and args.dropout == [0.0, 0.1]
+    assert args.shapes == bench.ATTENTION_SHAPES
+    assert args.doc_len == 512 and args.dropout == [0.0, 0.1]
     args = bench.attention_args(["--shapes=1,2,64,32;2,2,128,64", "--no_flex=True"])
     assert args.shapes == [(1, 2, 64, 32), (2, 2, 128, 64)]
     for bad, message in (("--shapes=1,2,64", "--shapes must look like B,H,T,D"),
