@@ -32,8 +32,10 @@ def test_every_output_of_the_documented_commands_is_ignored():
 
 def test_the_test_run_says_why_tests_were_skipped(tmp_path):
     (tmp_path / "test_one.py").write_text(
-        "import pytest\n\n@pytest.mark.skip(reason='needs a CUDA GPU')\ndef test_gpu():\n    pass\n")
+        "import pytest\n\n@pytest.mark.skip(reason='needs a CUDA GPU')\ndef test_gpu():\n    pass\n\n"
+        "def test_broken():\n    assert False\n")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-c", str(REPO / "pytest.ini"),
                         "--rootdir", str(tmp_path), "-p", "no:cacheprovider", str(tmp_path / "test_one.py")],
                        capture_output=True, text=True, timeout=120)
     assert "SKIPPED [1] " in r.stdout and "needs a CUDA GPU" in r.stdout, r.stdout
+    assert "FAILED test_one.py::test_broken" in r.stdout  # failures stay in the summary too
