@@ -707,7 +707,7 @@ ATTENTION_OPTIONS = {
                      "shape; 0 = none"),
     "dropout": ("0,0.1", "dropout probabilities to run each shape at, comma-separated"),
     "dtype": ("bfloat16", "bfloat16 or float16"),
-    "no_flex": (False, "True: skip FlexAttention (its compile takes a while)"),
+    "flex": (True, "also time compiled FlexAttention (False skips it: its compile takes a while)"),
 }
 ATTENTION_DOC = """python bench.py attention: attention_kernel.py's flash_attention against
 PyTorch SDPA (FLASH, CUDNN) and FlexAttention: forward and forward+backward TFLOP/s, causal, on a
@@ -771,7 +771,7 @@ def bench_attention(argv):
                    for _ in range(3))
         do = torch.randn_like(q)
         doc_ids = random_doc_ids(B, T, doc_len, "cuda") if doc_len else None
-        impls, flops_fwd = attention_impls(q, k, v, doc_ids, p, None if a.no_flex else flex)
+        impls, flops_fwd = attention_impls(q, k, v, doc_ids, p, flex if a.flex else None)
         label = (f"B{B} H{H} T{T} D{D}" + (f" docs~{doc_len}" if doc_len else "")
                  + (f" dropout {p}" if p else ""))
         for mode, factor in (("fwd", 1.0), ("fwd+bwd", 3.5)):

@@ -483,19 +483,19 @@ def test_bench_attention_and_sass_arguments():
     args = bench.attention_args([])
     assert args.shapes == bench.ATTENTION_SHAPES
     assert args.doc_len == 512 and args.dropout == [0.0, 0.1]
-    args = bench.attention_args(["--shapes=1,2,64,32;2,2,128,64", "--no_flex=True"])
+    args = bench.attention_args(["--shapes=1,2,64,32;2,2,128,64", "--flex=False"])
     assert args.shapes == [(1, 2, 64, 32), (2, 2, 128, 64)]
     for bad, message in (("--shapes=1,2,64", "--shapes must look like B,H,T,D"),
                          ("--dropout=0,1.5", "--dropout must be probabilities"),
                          ("--dtype=float32", "choose bfloat16 or float16"),
-                         ("--no_flex", "expected --key=value, got '--no_flex'")):
+                         ("--flex", "expected --key=value, got '--flex'")):
         with pytest.raises(UserError, match=message):
             bench.attention_args([bad])
     doc_ids = bench.random_doc_ids(2, 300, 20, "cpu")
     assert doc_ids.shape == (2, 300) and (doc_ids.diff(dim=1) >= 0).all() and doc_ids[:, -1].min() > 3
     if ak.INTERPRET or not torch.cuda.is_available():
         with pytest.raises(RunError, match="needs a CUDA GPU"):
-            bench.bench_attention(["--no_flex=True"])
+            bench.bench_attention(["--flex=False"])
     for bad in ("--kernels=forward,nope", "--head_dims=48", "--configs=some"):
         with pytest.raises(UserError):
             bench.bench_sass([bad])
