@@ -686,7 +686,8 @@ def _configs(small, large):
 # The H100 candidates and their sm_90 register, spill and instruction counts are in
 # docs/attention_kernel_tuning.md. Few candidates each: every one is compiled and timed once per new
 # tuning key (seconds each at the first step). First in each list: the pinned config of
-# deterministic=True, one without spills at D 64 and 128.
+# deterministic=True (forward and dQ: no spills; backward: 16-24 B outside the loops at D 64 with
+# dropout, more at D 128, as every backward tile that keeps its instruction count).
 FWD_CONFIGS = _configs((32, 32, 4, 1),
                        [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3)])
 BWD_CONFIGS = _configs((16, 32, 4, 1),
