@@ -204,8 +204,9 @@ def pick_command(argv, commands, doc="", default=None):
 def cli(main, argv=None, prog=None):
     """Run main(argv) with every expected failure as one line on stderr: UserError (and
     FileNotFoundError) exits 2, RunError and any other OSError 1, Ctrl-C 130 (a KeyboardInterrupt's
-    own message, if any, says what was kept). Under torchrun only rank 0 speaks. Ctrl-C ends with
-    os._exit: call cli only from __main__."""
+    own message, if any, says what was kept). A reader that closed our output (`| head`) ends us
+    quietly, 141 as a SIGPIPE would. Under torchrun only rank 0 speaks. Ctrl-C ends with os._exit:
+    call cli only from __main__."""
     prog = prog or Path(sys.argv[0]).name
     argv = sys.argv[1:] if argv is None else argv
     quiet = os.environ.get("RANK", "0") != "0"
@@ -219,6 +220,10 @@ def cli(main, argv=None, prog=None):
         # the work is done and written: a Ctrl-C while the interpreter exits (seconds, once torch is
         # loaded) would only print a traceback from an exit handler
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except BrokenPipeError:
+        # the reader has all it wanted: no error, and no second one when Python flushes stdout
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except (UserError, FileNotFoundError) as e:
         # a path the user gave that is not there is bad input too
         say(f"error: {e}")

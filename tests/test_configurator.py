@@ -93,6 +93,17 @@ def test_cli_maps_failures_to_one_line_and_an_exit_code(tmp_path, body, code, li
     assert r.returncode == code and r.stderr.strip() == line and r.stdout == ""
 
 
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`script.py | head -1`: the reader closes the pipe early; the writer stops without a word."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport configurator\n"
+                    "def main(argv):\n    for i in range(10**6):\n        print(i)\n"
+                    "configurator.cli(main)\n")
+    r = subprocess.run(f"{sys.executable} '{prog}' | head -1; echo ${{PIPESTATUS[0]}}", shell=True,
+                       executable="/bin/bash", capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["0", "141"] and r.stderr == "", r
+
+
 def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
     path = tmp_path / "sub dir" / "result.json"
     atomic_write(path, '{"a": 1}')
