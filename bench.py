@@ -51,7 +51,7 @@ from dedup import default_workers
 from devices import processes, setup_device
 from eval import load_problems, program_parts
 from files import atomic_write, fmt_time
-from filter import COMMON_OPTIONS, stage_all, STAGE_OPTIONS
+from filter import check_cut, COMMON_OPTIONS, stage_all, STAGE_OPTIONS
 from model import ATTENTION_KINDS, Phi, PhiConfig, PRESETS
 from sandbox import run_programs
 from tokenizer import get_tokenizer
@@ -481,6 +481,7 @@ time and peak memory of the whole. Takes every key of `python filter.py all` but
 
 def bench_filter(argv):
     a = configurator.parse(argv, FILTER_OPTIONS, FILTER_DOC)
+    check_cut(a)
     load = os.getloadavg()
     print(f"bench filter: {platform.node()}, {os.cpu_count()} CPU(s), load average {load[0]:.2f} "
           f"{load[1]:.2f} {load[2]:.2f}, Python {sys.version.split()[0]}, "

@@ -1062,6 +1062,15 @@ STAGES = dict(load=stage_load, annotate=stage_annotate, embed=stage_embed, fit=s
               apply=stage_apply, all=stage_all)
 
 
+def check_cut(a):
+    """--threshold or --keep_fraction (or neither: the forest's held-out threshold), checked."""
+    threshold, keep_fraction = getattr(a, "threshold", None), getattr(a, "keep_fraction", None)
+    if threshold is not None and keep_fraction is not None:
+        raise UserError("--threshold and --keep_fraction both draw the line: give one of them")
+    if keep_fraction is not None and not 0 < keep_fraction <= 1:
+        raise UserError(f"--keep_fraction={keep_fraction}: must be in (0, 1]")
+
+
 def parse_args(argv):
     """(stage name, its settings) from the command line; bad input is a UserError."""
     if argv[:1] in (["-h"], ["--help"]):  # the docstring, which lists the stages first
@@ -1070,12 +1079,7 @@ def parse_args(argv):
     command, rest = configurator.pick_command(argv, STAGES, __doc__, default="all")
     stages = STAGE_OPTIONS if command == "all" else [command]
     options = {**COMMON_OPTIONS, **{k: v for s in stages for k, v in STAGE_OPTIONS[s].items()}}
-    a = configurator.parse(rest, options, __doc__)
-    threshold, keep_fraction = getattr(a, "threshold", None), getattr(a, "keep_fraction", None)
-    if threshold is not None and keep_fraction is not None:
-        raise UserError("--threshold and --keep_fraction both draw the line: give one of them")
-    if keep_fraction is not None and not 0 < keep_fraction <= 1:
-        raise UserError(f"--keep_fraction={keep_fraction}: must be in (0, 1]")
+    check_cut(a := configurator.parse(rest, options, __doc__))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and command not in ("embed", "apply"):
         raise UserError(f"under torchrun only `embed` and `apply` run (on every rank); run "
                         f"`{command}` in one process")

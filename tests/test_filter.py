@@ -319,6 +319,10 @@ def test_command_line_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
         assert code == 2 and len(err) == 1, (argv, err)
         assert err[0].startswith("filter.py: error: ") and says in err[0], (argv, err)
     assert not (tmp_path / "out").exists()
+    # the benchmark of the five stages takes the same keys, and the same checks
+    import bench
+    with pytest.raises(F.UserError, match="--threshold and --keep_fraction both draw the line"):
+        bench.bench_filter(["--threshold=0.3", "--keep_fraction=0.2", out])
 
 
 def test_every_key_has_a_help_line(capsys):
