@@ -1,6 +1,7 @@
 """The one command-line convention (configurator.py) and the one atomic writer (files.py): typed --key=value flags,
 one-line errors with their exit codes, help lines, config files, subcommands, and files that are whole or absent."""
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -99,7 +100,8 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     prog.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport configurator\n"
                     "def main(argv):\n    for i in range(10**6):\n        print(i)\n"
                     "configurator.cli(main)\n")
-    r = subprocess.run(f"{sys.executable} '{prog}' | head -1; echo ${{PIPESTATUS[0]}}", shell=True,
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(prog))} | head -1"
+    r = subprocess.run(f"{command}; echo ${{PIPESTATUS[0]}}", shell=True,
                        executable="/bin/bash", capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["0", "141"] and r.stderr == "", r
 
