@@ -426,7 +426,8 @@ def val_loss(model, val_data, probs, proc):
     another number of GPUs continues the same curve."""
     model.eval()
     total = torch.zeros((), device=proc.dev)
-    for k in range(proc.rank, eval_iters, proc.world):
+    for k in range(proc.rank, eval_iters, proc.world):  # the draws of stream 1 (validation) "at
+        # step 0", keyed like the training ones: (stream, step, micro-batch)
         x, y = (t.to(proc.dev) for t in
                 get_batch(val_data, probs, batch_size, block_size, seed, 1, 0, k))
         with proc.autocast:
