@@ -483,17 +483,17 @@ def _bwd_inner(dk, dv, k, v, Qh, DOh, DQh, rows, n0, start, end, T, scales, drop
     arange_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, k.shape[1])
     offs_n = n0 + tl.arange(0, BLOCK_N)
+    # Offsets within the head, int32 (flash_attention_supported checks that they fit): this loop
+    # runs at the register limit, and 64-bit pointers carried from stage to stage spill there
     q_offs = arange_m[:, None] * stride_qt + offs_d[None, :] * stride_qd     # (BLOCK_M, D)
     do_offs = arange_m[:, None] * stride_dot + offs_d[None, :] * stride_dod  # (BLOCK_M, D)
     dq_offs = arange_m[:, None] * stride_dqt + offs_d[None, :] * stride_dqd  # (BLOCK_M, D)
-    q_block = Q_bh + start.to(tl.int64) * stride_qt  # scalar pointers to the current query block
-    do_block = DO_bh + start.to(tl.int64) * stride_dot
-    dq_block = DQ_bh + start.to(tl.int64) * stride_dqt
     for start_m in range(start, end, BLOCK_M):
         offs_m = start_m + arange_m
         row_ok = offs_m < T
-        q = _load(q_block + q_offs, row_ok[:, None] if MASKED else None)     # (BLOCK_M, D)
-        do = _load(do_block + do_offs, row_ok[:, None] if MASKED else None)  # (BLOCK_M, D)
+        rows_ok = row_ok[:, None] if MASKED else None
+        q = _load(Q_bh + (start_m * stride_qt + q_offs), rows_ok)     # (BLOCK_M, D)
+        do = _load(DO_bh + (start_m * stride_dot + do_offs), rows_ok)  # (BLOCK_M, D)
         if MASKED:
             lse = tl.load(LSE_bh + offs_m, mask=row_ok, other=0.0)
             delta = tl.load(DELTA_bh + offs_m, mask=row_ok, other=0.0)
@@ -521,11 +521,8 @@ def _bwd_inner(dk, dv, k, v, Qh, DOh, DQh, rows, n0, start, end, T, scales, drop
         dk = tl.dot(tl.trans(ds), q, dk)
         if FUSE_DQ:
             dq = tl.dot(ds, k) * dq_scale  # (BLOCK_M, D), this key block's share
-            tl.atomic_add(dq_block + dq_offs, dq, mask=row_ok[:, None] if MASKED else None,
+            tl.atomic_add(DQ_bh + (start_m * stride_dqt + dq_offs), dq, mask=rows_ok,
                           sem="relaxed")
-        q_block += BLOCK_M * stride_qt
-        do_block += BLOCK_M * stride_dot
-        dq_block += BLOCK_M * stride_dqt
     return dk, dv
 
 
@@ -723,9 +720,15 @@ def flash_attention_supported(q, k, v, doc_ids=None):
     Needs q, k, v of one shape (B, H, T, D) with T >= 1 and D in HEAD_DIMS, one dtype and one
     device, and either a CUDA device with fp16/bf16, or the CPU under TRITON_INTERPRET=1
     (fp32/fp16/bf16, for tests). doc_ids, if given, must be (B, T) integers on the same device.
+    Offsets within one head, of q, k, v and of the gradients (laid out (B, T, H, D)), must fit in
+    int32, as the backward's loop over query blocks takes them: with model.py's fused qkv,
+    3 * T * H * D < 2^31 (T up to 349,525 at phi-1's width, 2048).
     """
     if not (q.dim() == 4 and q.shape == k.shape == v.shape and q.shape[2] >= 1
             and q.shape[3] in HEAD_DIMS):
+        return False
+    B, H, T, D = q.shape
+    if not (all(_head_offsets_fit(x) for x in (q, k, v)) and T * H * D < 2**31):
         return False
     if not (q.dtype == k.dtype == v.dtype and q.device == k.device == v.device):
         return False
@@ -736,6 +739,12 @@ def flash_attention_supported(q, k, v, doc_ids=None):
         return not INTERPRET and q.dtype in (torch.float16, torch.bfloat16)
     return INTERPRET and q.device.type == "cpu" and q.dtype in (torch.float32, torch.float16,
                                                                 torch.bfloat16)
+
+
+def _head_offsets_fit(x):
+    """True when every offset within one (T, D) head of x (B, H, T, D) fits in int32."""
+    T, D = x.shape[2:]
+    return (T - 1) * x.stride(2) + (D - 1) * x.stride(3) < 2**31
 
 
 def document_bounds(doc_ids):
@@ -810,6 +819,8 @@ def _backward(q, k, v, o, lse, do, dq, dk, dv, delta, causal, sm_scale, doc_boun
     forward's o and lse. deterministic: dQ from a second pass over query blocks instead of fp32
     atomics, every kernel in its pinned config (bitwise reproducible)."""
     B, H, T, extra, meta = _common_args(q, causal, doc_bounds, dropout_p, seed)
+    if not _head_offsets_fit(do):  # autograd's dO may come with any strides
+        do = do.contiguous()
     _bwd_delta[(B * H, triton.cdiv(T, 64))](o, do, delta, *_strides(o, do), H, T,
                                             HEAD_DIM=meta["HEAD_DIM"], BLOCK_M=64)
     # fp32 dQ for the atomics, laid out like dq; the deterministic pass writes dq directly

@@ -246,8 +246,12 @@ def test_document_blocks_outside_are_never_read(causal):
 
 
 @interpreter_only
-def test_autograd_through_fused_qkv_and_stride0_grad():
-    """The public function on views of one (B, T, 3, H, D) tensor; o.sum() hands the backward a stride-0 dO."""
+@pytest.mark.parametrize("do_fits", [True, False])
+def test_autograd_through_fused_qkv_and_stride0_grad(monkeypatch, do_fits):
+    """The public function on views of one (B, T, 3, H, D) tensor; o.sum() hands the backward a stride-0 dO.
+    do_fits=False: the backward takes dO as if its offsets did not fit in int32 (a contiguous copy)."""
+    if not do_fits:
+        monkeypatch.setattr(ak, "_head_offsets_fit", lambda x: x.stride(2) > 0)
     B, H, T, D = 2, 2, 33, 32
     fused = torch.randn(B, T, 3, H, D, requires_grad=True)
     q, k, v = fused.permute(2, 0, 3, 1, 4).unbind(0)
@@ -470,6 +474,12 @@ def test_supported_and_clear_errors(monkeypatch):
     assert not ak.flash_attention_supported(x, x, x.double())
     assert not ak.flash_attention_supported(x.double(), x.double(), x.double())
     assert not ak.flash_attention_supported(x, x[:, :1], x)
+    # offsets within a head must fit in int32: of q, k, v, and of the (B, T, H, D) gradients
+    long = torch.zeros(1, 1, 1, 64).expand(1, 1, 2**25, 64)  # T * H * D = 2^31, no memory
+    assert ak.flash_attention_supported(long[:, :, 1:], long[:, :, 1:], long[:, :, 1:])
+    assert not ak.flash_attention_supported(long, long, long)
+    head = lambda stride_t: torch.empty_strided((1, 1, 2, 64), (0, 0, stride_t, 1), device="meta")
+    assert ak._head_offsets_fit(head(2**31 - 64)) and not ak._head_offsets_fit(head(2**31 - 63))
     with pytest.raises(ValueError, match="unsupported inputs"):
         ak.flash_attention(x, x[:, :1], x)
     monkeypatch.setattr(ak, "INTERPRET", False)  # plain CPU tensors need the interpreter
