@@ -69,6 +69,12 @@ COMMANDS = {
     "sass": "the attention kernels' sm_90 registers, spills and loop instructions (no GPU needed)",
 }
 
+
+def _loadavg():
+    """The 1, 5 and 15 minute load averages, as every command's header and footer prints them."""
+    return "%.2f %.2f %.2f" % os.getloadavg()
+
+
 # -----------------------------------------------------------------------------
 # bench.py train
 
@@ -135,10 +141,9 @@ def bench_train(argv):
                for w in windows]                                                   # (B, T), (B, T)
     name = torch.cuda.get_device_name() if proc.device_type == "cuda" else "cpu"
     if proc.master:
-        load = os.getloadavg()
         print(f"bench train on {platform.node()}, {os.cpu_count()} CPU(s), load average "
-              f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, torch {torch.__version__}, "
-              f"{datetime.now():%Y-%m-%d %H:%M}", flush=True)
+              f"{_loadavg()}, torch {torch.__version__}, {datetime.now():%Y-%m-%d %H:%M}",
+              flush=True)
     for kind in kinds:  # the same weights, optimizer and batches for each: only attention differs
         head = (f"bench: {model}, attention {kind}, batch {batch_size} x {block_size} per "
                 f"process, {proc.world} x {name}, {proc.dtype}{', compiled' if a.compile else ''}")
@@ -209,9 +214,8 @@ def bench_data(argv):
     a = configurator.parse(argv, DATA_OPTIONS, DATA_DOC)
     sources = [Source(spec, a.text_column) for spec in parse_sources(a.data)[0]]  # all there?
     workers = a.tokenizer_workers or os.cpu_count() or 1
-    load = os.getloadavg()
     print(f"bench data: {platform.node()}, {os.cpu_count()} CPU(s), {workers} worker(s), load "
-          f"average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, Python {sys.version.split()[0]}, "
+          f"average {_loadavg()}, Python {sys.version.split()[0]}, "
           f"{datetime.now():%Y-%m-%d %H:%M}", flush=True)
     for source in sources:
         t0 = time.time()
@@ -482,10 +486,8 @@ time and peak memory of the whole. Takes every key of `python filter.py all` but
 def bench_filter(argv):
     a = configurator.parse(argv, FILTER_OPTIONS, FILTER_DOC)
     check_cut(a)
-    load = os.getloadavg()
-    print(f"bench filter: {platform.node()}, {os.cpu_count()} CPU(s), load average {load[0]:.2f} "
-          f"{load[1]:.2f} {load[2]:.2f}, Python {sys.version.split()[0]}, "
-          f"{datetime.now():%Y-%m-%d %H:%M}", flush=True)
+    print(f"bench filter: {platform.node()}, {os.cpu_count()} CPU(s), load average {_loadavg()}, "
+          f"Python {sys.version.split()[0]}, {datetime.now():%Y-%m-%d %H:%M}", flush=True)
     sources = [text for _, text in Source("stdlib")]
     a.input = Path(a.out_dir) / "bench-corpus.jsonl"
 
@@ -501,10 +503,9 @@ def bench_filter(argv):
     t0, cpu0 = time.time(), time.process_time()
     stage_all(a)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    load = os.getloadavg()
     print(f"bench filter: {a.n_files:,} files, all five stages in {time.time() - t0:.0f} s wall, "
           f"{time.process_time() - cpu0:.0f} s CPU, peak RSS {rss:,.0f} MB; load average at the "
-          f"end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+          f"end {_loadavg()}")
 
 
 # -----------------------------------------------------------------------------
@@ -540,7 +541,7 @@ def bench_synth(argv):
         paths = synth_corpora(tmp, a.exercises, a.textbooks)
         ex, tb, small = paths["exercises"], paths["textbooks"], paths["small"]
         n_small = min(20_000, a.exercises)
-        print(f"{platform.node()}, {os.cpu_count()} CPUs, {workers} workers, {_loadavg()}, "
+        print(f"{platform.node()}, {os.cpu_count()} CPUs, {workers} workers, load {_loadavg()}, "
               f"{datetime.now():%Y-%m-%d %H:%M}")
         print(f"corpora in {tmp} ({time.time() - t0:.0f} s): {a.exercises} exercise-sized "
               f"records ({ex.stat().st_size / a.exercises:.0f} B of JSON each), {a.textbooks} "
@@ -552,7 +553,7 @@ def bench_synth(argv):
                               ("textbooks", tb, a.textbooks)):
             m = run_synth("dedup", path, n, workers, tmp)
             dedup[kind, n] = m
-            print(f"dedup {kind:9s} {n:7d}: {_synth_line(m)} | {_loadavg()}", flush=True)
+            print(f"dedup {kind:9s} {n:7d}: {_synth_line(m)} | load {_loadavg()}", flush=True)
         grow = dedup["exercises", a.exercises]["gb"] - dedup["exercises", n_small]["gb"]
         per_record = max(grow, 0) * 2 ** 30 / max(a.exercises - n_small, 1)
         print(f"dedup memory per record (main process, {n_small} -> {a.exercises} records): "
@@ -564,7 +565,7 @@ def bench_synth(argv):
             m = run_synth("decontaminate", path, n, w, tmp, "--tau=0.95,0.9,0.85,0.8")
             decon[kind, w] = m
             print(f"decontaminate {kind:9s} {n:7d}, 4 thresholds, {w} worker(s): "
-                  f"{_synth_line(m)} | {_loadavg()}", flush=True)
+                  f"{_synth_line(m)} | load {_loadavg()}", flush=True)
         one, all_ = decon["exercises", 1], decon["exercises", workers]
         print(f"decontaminate, 1 -> {workers} workers: {all_['rate'] / one['rate']:.2f}x wall "
               f"clock at this load; {workers * one['cpu'] / all_['cpu']:.2f}x on idle cores (from "
@@ -693,10 +694,6 @@ def _synth_line(m):
             f"{m['gb_all']:.2f} GB)")
 
 
-def _loadavg():
-    return "load %.2f %.2f %.2f" % os.getloadavg()
-
-
 # -----------------------------------------------------------------------------
 # bench.py attention
 
@@ -761,9 +758,9 @@ def bench_attention(argv):
     if a.doc_len:
         cases.append((a.shapes[0], a.doc_len, 0.0))
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__},"
-          f" {a.dtype}, causal, {datetime.now():%Y-%m-%d %H:%M}, {_loadavg()}; TFLOP/s (median of "
-          f"triton.testing.do_bench); fwd+bwd counts 3.5x the forward FLOPs; det = ours with "
-          f"deterministic=True")
+          f" {a.dtype}, causal, {datetime.now():%Y-%m-%d %H:%M}, load {_loadavg()}; TFLOP/s "
+          f"(median of triton.testing.do_bench); fwd+bwd counts 3.5x the forward FLOPs; det = ours "
+          f"with deterministic=True")
     print(f"{'case':<36} {'pass':<8} {'ours':>7} {'det':>7} {'FLASH':>7} {'CUDNN':>7} "
           f"{'flex':>7} {'ours/CUDNN':>11}")
     for (B, H, T, D), doc_len, p in cases:
