@@ -732,8 +732,8 @@ def flash_attention_supported(q, k, v, doc_ids=None):
         return False
     if not (q.dtype == k.dtype == v.dtype and q.device == k.device == v.device):
         return False
-    if doc_ids is not None and (doc_ids.shape != (q.shape[0], q.shape[2])
-                                or doc_ids.dtype.is_floating_point or doc_ids.device != q.device):
+    if doc_ids is not None and (doc_ids.shape != (B, T) or doc_ids.dtype.is_floating_point
+                                or doc_ids.device != q.device):
         return False
     if q.device.type == "cuda":
         return not INTERPRET and q.dtype in (torch.float16, torch.bfloat16)
